@@ -1,0 +1,93 @@
+"""Compiled settings: what the rest of smtpgate receives from ``config``.
+
+Everything here is plain data plus :class:`Expr` evaluators (compiled if-blocks). Runtime modules read
+these objects; they never see TOML. The key path each field comes from is noted beside it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+
+class Expr:
+    """A compiled setting: either a constant or an if-block (first matching rule wins).
+
+    ``evaluate(ctx)`` takes any object with the variable attributes (see ``config.ifblock.VARIABLES``).
+    ``constant`` is True when the value never depends on the session, so callers may read ``value``.
+    """
+
+    __slots__ = ("key", "value", "constant", "_rules", "_default")
+
+    def __init__(self, key: str, value: Any = None, rules: list[tuple[Callable[[Any], bool], Any]] | None = None,
+                 default: Any = None):
+        self.key = key
+        self.value = value
+        self._rules = rules or []
+        self._default = default
+        self.constant = rules is None
+
+    def evaluate(self, ctx: Any) -> Any:
+        if self.constant:
+            return self.value
+        for cond, val in self._rules:
+            if cond(ctx):
+                return val
+        return self._default
+
+    def __repr__(self) -> str:
+        return f"Expr({self.key}, constant={self.constant}, value={self.value!r})"
+
+
+@dataclass(slots=True)
+class CacheSettings:            # <section>.<id>.cache.*
+    entries: int = 0            # .cache.entries (0 = no cache)
+    ttl_positive: float = 0.0   # .cache.ttl.positive (seconds)
+    ttl_negative: float = 0.0   # .cache.ttl.negative (seconds)
+
+
+@dataclass(slots=True)
+class TlsClientSettings:        # remote.<id>.tls.*, directory.<id>.tls.*
+    implicit: bool = False      # .tls.implicit
+    starttls: bool = False      # .tls.starttls (use STARTTLS on a plain connection)
+    allow_invalid_certs: bool = False  # .tls.allow-invalid-certs
+    ca_file: str | None = None  # .tls.ca-file (PEM bundle; default: system store)
+
+
+@dataclass(slots=True)
+class RemoteSettings:           # [remote."<id>"]
+    id: str
+    address: str                # .address
+    port: int                   # .port
+    protocol: str               # .protocol: imap | smtp | lmtp
+    lookup: bool = False        # .lookup (may be used as an auth lookup)
+    concurrency: int = 10       # .concurrency
+    timeout: float = 10.0       # .timeout
+    tls: TlsClientSettings = field(default_factory=TlsClientSettings)
+    cache: CacheSettings = field(default_factory=CacheSettings)
+
+
+@dataclass(slots=True)
+class DatabaseSettings:         # [database."<id>"]
+    id: str
+    address: str                # .address  sqlite://<path>[?mode=rwc] | postgres://user@host:port/db
+    lookups: dict[str, str] = field(default_factory=dict)  # .lookup.<name> = "SELECT ... ?"
+    concurrency: int = 10       # .concurrency (pool size)
+    timeout: float = 5.0        # .timeout
+    cache: CacheSettings = field(default_factory=CacheSettings)
+
+
+@dataclass(slots=True)
+class ListSettings:             # [list] <id> = [...] | "file:///path"
+    id: str
+    entries: list[str]
+
+
+@dataclass(slots=True)
+class DirectorySettings:        # [directory."<id>"] type = "internal" | "ldap" | "oauth"
+    id: str
+    type: str
+    options: dict[str, Any]     # every other key of the table, validated by config.schema, flattened
+                                # to dotted names ("bind.dn-template", "tls.allow-invalid-certs", ...)
+    timeout: float = 5.0        # .timeout
+    concurrency: int = 10       # .concurrency
+    cache: CacheSettings = field(default_factory=CacheSettings)

@@ -1,0 +1,125 @@
+"""The one interface every credential / membership store implements.
+
+A lookup answers three ways and never raises for an ordinary answer:
+
+* ``Outcome.VALID``       -- credentials verified (``account`` is the canonical name, ``addresses``
+                             the mail addresses the store says the account owns, if it knows them);
+* ``Outcome.INVALID``     -- wrong credentials, unknown user, disabled account: all the same to the caller;
+* ``Outcome.UNAVAILABLE`` -- the store could not answer (down, slow, garbage). The AUTH stage turns this
+                             into ``454 4.7.0`` and neither counts it as a failure nor caches it.
+
+Each lookup declares what it can do in ``capabilities``; the AUTH stage offers only mechanisms the
+configured lookup can verify (SPEC §4.1). Implementations must be fully asynchronous, bound every
+operation by their own ``timeout`` and limit parallel operations to ``concurrency``.
+
+Lookups never import the session: they receive :class:`Credentials` and return :class:`AuthResult`.
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+class Outcome(enum.Enum):
+    VALID = "valid"
+    INVALID = "invalid"
+    UNAVAILABLE = "unavailable"
+
+
+class Capability(enum.Flag):
+    NONE = 0
+    PASSWORD = enum.auto()   # verifies username + password (PLAIN, LOGIN)
+    TOKEN = enum.auto()      # verifies a bearer token (OAUTHBEARER, XOAUTH2)
+    SCRAM = enum.auto()      # supplies SCRAM keys (salt, iterations, StoredKey, ServerKey) or a plaintext secret
+    CRAM = enum.auto()       # supplies a plaintext secret (CRAM-MD5)
+    MEMBERSHIP = enum.auto() # answers "is KEY in this set" (local domains, in-list)
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """What a SASL mechanism extracted from the client. ``secret`` is a password or a bearer token
+    (``kind`` says which). Never log ``secret``."""
+    mechanism: str           # upper-case SASL name, e.g. "PLAIN"
+    username: str            # authcid (for tokens: the user the client claims, may be "")
+    secret: str
+    kind: str = "password"   # "password" | "token"
+    authzid: str = ""
+
+    def __repr__(self) -> str:  # keeps secrets out of tracebacks and debug logs
+        return f"Credentials(mechanism={self.mechanism!r}, username={self.username!r}, kind={self.kind!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class AuthResult:
+    outcome: Outcome
+    account: str = ""                                # canonical account name when VALID
+    addresses: frozenset[str] = frozenset()          # lower-cased addresses the account owns
+    may_act_for: frozenset[str] = frozenset()        # authzids this account may use (PLAIN authzid)
+    reason: str = ""                                 # for logs only (never contains secrets)
+
+    @property
+    def valid(self) -> bool:
+        return self.outcome is Outcome.VALID
+
+
+INVALID = AuthResult(Outcome.INVALID)
+
+
+def unavailable(reason: str) -> AuthResult:
+    return AuthResult(Outcome.UNAVAILABLE, reason=reason)
+
+
+@dataclass(frozen=True, slots=True)
+class ScramKeys:
+    """Stored SCRAM credentials for one hash (RFC 5802 §3)."""
+    salt: bytes
+    iterations: int
+    stored_key: bytes
+    server_key: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class SecretRecord:
+    """What a store holds for one user, for mechanisms that need the secret itself (SCRAM, CRAM-MD5).
+
+    ``plaintext`` is set only when the store holds the password in the clear (or ``{PLAIN}``).
+    ``scram`` maps "SHA-256"/"SHA-1" to stored keys when the store has them.
+    """
+    account: str
+    plaintext: str | None = None
+    scram: dict[str, ScramKeys] = field(default_factory=dict)
+    addresses: frozenset[str] = frozenset()
+    may_act_for: frozenset[str] = frozenset()
+
+    def __repr__(self) -> str:
+        return f"SecretRecord(account={self.account!r}, has_plaintext={self.plaintext is not None}, scram={sorted(self.scram)})"
+
+
+class LookupUnavailable(Exception):
+    """Raised by ``get_secret``/``contains`` when the store cannot answer. The message is logged."""
+
+
+class Lookup:
+    """Base class. Subclasses override what their ``capabilities`` promise."""
+
+    #: "list/users", "db/sql/auth", "remote/imap", "directory/ldap" ... -- set by the registry
+    name: str = ""
+    capabilities: Capability = Capability.NONE
+
+    async def authenticate(self, creds: Credentials) -> AuthResult:
+        """Verify a password or token. Must not raise for ordinary failures; return INVALID/UNAVAILABLE."""
+        raise NotImplementedError
+
+    async def get_secret(self, username: str) -> SecretRecord | None:
+        """For SCRAM/CRAM: the stored secret, or None for an unknown user. Raises LookupUnavailable."""
+        raise NotImplementedError
+
+    async def contains(self, key: str) -> bool:
+        """For MEMBERSHIP lookups (local domains). Raises LookupUnavailable."""
+        raise NotImplementedError
+
+    async def start(self) -> None:
+        """Open pools / connections. Called once by the server before it accepts sessions."""
+
+    async def close(self) -> None:
+        """Release pools / connections."""
