@@ -91,3 +91,60 @@ class DirectorySettings:        # [directory."<id>"] type = "internal" | "ldap" 
     timeout: float = 5.0        # .timeout
     concurrency: int = 10       # .concurrency
     cache: CacheSettings = field(default_factory=CacheSettings)
+
+
+@dataclass(slots=True)
+class CertificateSettings:      # [certificate."<id>"]
+    id: str
+    cert_pem: str               # .cert (inline PEM or file:///path, already read)
+    key_pem: str                # .private-key
+
+
+@dataclass(slots=True)
+class ListenerTls:              # server.tls.* overridden by server.listener.<id>.tls.*
+    enable: bool = False        # .tls.enable
+    implicit: bool = False      # .tls.implicit
+    certificate: str | None = None  # .tls.certificate (id of [certificate."<id>"])
+    protocols: tuple[str, ...] = ("TLSv1.2", "TLSv1.3")  # .tls.protocols
+    timeout: float = 60.0       # .tls.timeout (handshake)
+    ignore_client_order: bool = True  # .tls.ignore-client-order
+
+
+@dataclass(slots=True)
+class ListenerSettings:         # [server.listener."<id>"]
+    id: str
+    binds: list[tuple[str, int]]  # .bind
+    protocol: str = "smtp"      # .protocol: smtp | lmtp
+    tls: ListenerTls = field(default_factory=ListenerTls)
+    hostname: str | None = None # .hostname (overrides server.hostname)
+    greeting: str | None = None # .greeting
+    max_connections: int = 8192 # .max-connections
+
+
+@dataclass(slots=True)
+class SessionSettings:
+    """``session.*``: one :class:`Expr` per row of ``config.schema.SESSION_SETTINGS``."""
+    exprs: dict[str, Expr]
+
+    def __getattr__(self, name: str) -> Expr:
+        try:
+            return self.exprs[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+@dataclass(slots=True)
+class Settings:
+    hostname: str                                   # server.hostname
+    greeting: str                                   # server.greeting
+    listeners: dict[str, ListenerSettings]
+    certificates: dict[str, CertificateSettings]
+    session: SessionSettings
+    lists: dict[str, ListSettings]
+    databases: dict[str, DatabaseSettings]
+    remotes: dict[str, RemoteSettings]
+    directories: dict[str, DirectorySettings]
+    queue_path: str                                 # queue.path
+    next_hop: Expr                                  # queue.outbound.next-hop (lookup name or None)
+    shutdown_grace: float = 30.0                    # server.shutdown-grace
+    source: str = ""                                # where the config came from (for logs)

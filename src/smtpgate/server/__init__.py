@@ -1,0 +1,177 @@
+"""The asyncio server: listeners, TLS contexts, lookups, delivery, the sweeper, graceful stop.
+
+Embedding::
+
+    async with smtpgate.Server(settings) as server:
+        port = server.ports("submission")[0]
+        ...
+
+``Server(settings, delivery=..., lookups=...)`` lets an application supply its own delivery (any
+:class:`~smtpgate.delivery.base.Delivery`, or an async callable via ``smtpgate.CallableDelivery``) and
+its own lookups (Python objects implementing :class:`~smtpgate.lookup.base.Lookup`), named as in the
+configuration.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import ssl
+import time
+from typing import Any
+
+from ..config.model import Settings
+from ..delivery.base import Delivery, RcptResult
+from ..lookup import registry
+from ..lookup.base import Lookup
+from ..session.machine import Deliver, ListenerContext
+from .connection import SmtpConnection
+from .tls import server_context
+
+log = logging.getLogger("smtpgate.server")
+
+
+class Server:
+    def __init__(self, settings: Settings, *, delivery: Delivery | None = None,
+                 lookups: dict[str, Lookup] | None = None):
+        self.settings = settings
+        self._custom_delivery = delivery
+        self._custom_lookups = lookups or {}
+        self.lookups: dict[str, Lookup] = {}
+        self.delivery: Delivery | None = None
+        self._next_hops: dict[str, Delivery] = {}
+        self._servers: dict[str, list[asyncio.AbstractServer]] = {}
+        self._ssl_contexts: dict[str, ssl.SSLContext] = {}
+        self._connections: set[SmtpConnection] = set()
+        self._per_listener: dict[str, int] = {}
+        self._sweeper: asyncio.Task | None = None
+        self._stopping = False
+        self._stopped = asyncio.Event()
+
+    # -- life cycle ----------------------------------------------------------------------------------
+    async def start(self) -> "Server":
+        s = self.settings
+        self.lookups = registry.build(s)
+        self.lookups.update(self._custom_lookups)
+        for lk in registry.unique(self.lookups):
+            await lk.start()
+        if self._custom_delivery is not None:
+            self.delivery = self._custom_delivery
+        else:
+            from ..delivery.spool import Spool
+            self.delivery = Spool(s.queue_path)
+        await self.delivery.start()
+        for ident, remote in s.remotes.items():
+            if remote.protocol in ("smtp", "lmtp") and self._custom_delivery is None:
+                from ..delivery.nexthop import NextHop
+                self._next_hops[f"remote/{ident}"] = NextHop(remote, s.hostname)
+        loop = asyncio.get_running_loop()
+        for ident, listener in s.listeners.items():
+            ssl_ctx = None
+            if listener.tls.enable:
+                ssl_ctx = server_context(s.certificates[listener.tls.certificate], listener.tls)
+                self._ssl_contexts[ident] = ssl_ctx
+            ctx = ListenerContext(s, listener, self.lookups, self.delivery, starttls_available=ssl_ctx is not None)
+            servers = []
+            for host, port in listener.binds:
+                family = socket.AF_INET6 if ":" in host else socket.AF_INET
+                srv = await loop.create_server(
+                    lambda ctx=ctx: SmtpConnection(self, ctx), host, port, family=family,
+                    ssl=ssl_ctx if listener.tls.implicit else None,
+                    ssl_handshake_timeout=listener.tls.timeout if listener.tls.implicit else None,
+                    reuse_address=True, backlog=1024)
+                servers.append(srv)
+                for sock in srv.sockets:
+                    log.info("listener %s on %s (%s%s)", ident, _fmt(sock.getsockname()), listener.protocol,
+                             ", implicit TLS" if listener.tls.implicit else ", STARTTLS" if ssl_ctx else "")
+            self._servers[ident] = servers
+        self._sweeper = loop.create_task(self._sweep())
+        return self
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop accepting, let sessions finish for ``grace`` seconds, then close the rest."""
+        if self._stopping:
+            await self._stopped.wait()
+            return
+        self._stopping = True
+        grace = self.settings.shutdown_grace if grace is None else grace
+        for servers in self._servers.values():
+            for srv in servers:
+                srv.close()
+        deadline = time.monotonic() + grace
+        while self._connections and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for conn in list(self._connections):
+            conn.shutdown()
+        for servers in self._servers.values():
+            for srv in servers:
+                try:
+                    await asyncio.wait_for(srv.wait_closed(), 1.0)
+                except (asyncio.TimeoutError, Exception):  # noqa: BLE001
+                    pass
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        for hop in self._next_hops.values():
+            await hop.close()
+        if self.delivery is not None:
+            await self.delivery.close()
+        for lk in registry.unique(self.lookups):
+            try:
+                await lk.close()
+            except Exception:  # noqa: BLE001
+                log.exception("closing lookup %s", lk.name)
+        self._stopped.set()
+
+    async def __aenter__(self) -> "Server":
+        return await self.start()
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.stop(grace=1.0)
+
+    async def serve_forever(self) -> None:
+        await self._stopped.wait()
+
+    def ports(self, listener_id: str) -> list[int]:
+        return [sock.getsockname()[1] for srv in self._servers[listener_id] for sock in srv.sockets]
+
+    @property
+    def connection_count(self) -> int:
+        return len(self._connections)
+
+    # -- used by connections -------------------------------------------------------------------------
+    def _register(self, conn: SmtpConnection) -> bool:
+        ident = conn.ctx.listener.id
+        count = self._per_listener.get(ident, 0)
+        if self._stopping or count >= conn.ctx.listener.max_connections:
+            return False
+        self._per_listener[ident] = count + 1
+        self._connections.add(conn)
+        return True
+
+    def _unregister(self, conn: SmtpConnection) -> None:
+        if conn in self._connections:
+            self._connections.discard(conn)
+            ident = conn.ctx.listener.id
+            self._per_listener[ident] = self._per_listener.get(ident, 1) - 1
+
+    async def _deliver(self, req: Deliver) -> list[RcptResult]:
+        target = self.delivery
+        if req.next_hop is not None and self._custom_delivery is None:
+            target = self._next_hops[req.next_hop]
+        try:
+            return await target.deliver(req.envelope)
+        except Exception:  # noqa: BLE001 - a broken delivery must never lose a message silently
+            log.exception("delivery failed")
+            return [RcptResult(451, "4.3.0 Delivery failed, try again later")] * len(req.envelope.rcpt_to)
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            now = time.monotonic()
+            for conn in list(self._connections):
+                conn.expire(now)
+
+
+def _fmt(addr: Any) -> str:
+    host, port = addr[0], addr[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

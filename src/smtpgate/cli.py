@@ -1,0 +1,116 @@
+"""Command line: ``smtpgate serve | check-config | user ...``.
+
+Configuration problems print one line ``Configuration error: <key path>: <reason>`` and exit 1.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+
+from . import defaults
+from .config.errors import ConfigError
+from .config.load import load_file
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="smtpgate", description="SMTP server with a Stalwart-style AUTH stage")
+    sub = p.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the server in the foreground")
+    serve.add_argument("--config", help="TOML configuration (default: the embedded quickstart setup)")
+    serve.add_argument("--data-dir", default=os.environ.get("SMTPGATE_DATA", defaults.DEFAULT_DATA_DIR),
+                       help="where the embedded default keeps its certificate, users and spool")
+    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    check = sub.add_parser("check-config", help="validate a configuration and exit")
+    check.add_argument("--config", required=True)
+    try:
+        from . import usercli
+        usercli.add_parser(sub)
+    except ImportError:  # pragma: no cover
+        return p
+    # Every "user" sub-command takes the options that locate the store.
+    user = sub.choices["user"]
+    targets = [user] + [a for act in user._actions if isinstance(act, argparse._SubParsersAction)
+                        for a in act.choices.values()]
+    for target in targets:
+        target.add_argument("--config", default=argparse.SUPPRESS, help="configuration naming the user store")
+        target.add_argument("--data-dir", default=argparse.SUPPRESS, help="data directory of the embedded default")
+        target.add_argument("--directory", default=argparse.SUPPRESS, help="id of the [directory.<id>] to manage")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "check-config":
+            load_file(args.config)
+            print(f"{args.config}: OK")
+            return 0
+        if args.command == "serve":
+            return _serve(args)
+        if args.command == "user":
+            return _user(args)
+    except ConfigError as exc:
+        print(exc.line(), file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 2
+
+
+def _load(args: argparse.Namespace):
+    if getattr(args, "config", None):
+        return load_file(args.config)
+    return load_file(defaults.ensure(getattr(args, "data_dir", None) or defaults.DEFAULT_DATA_DIR))
+
+
+def _serve(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = _load(args)
+    try:
+        import uvloop  # optional: a faster event loop when installed
+        runner = uvloop.run
+    except ImportError:
+        runner = asyncio.run
+    try:
+        return runner(_run(settings))
+    except OSError as exc:
+        print(f"smtpgate: cannot start: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+
+
+async def _run(settings) -> int:
+    from .server import Server
+    server = Server(settings)
+    await server.start()
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    logging.getLogger("smtpgate").info("smtpgate ready (%s)", settings.source)
+    await stop.wait()
+    logging.getLogger("smtpgate").info("stopping: no new connections, %d sessions finishing",
+                                       server.connection_count)
+    await server.stop()
+    return 0
+
+
+def _user(args: argparse.Namespace) -> int:
+    from . import usercli
+    settings = _load(args)
+    stores = [d for d in settings.directories.values() if d.type == "internal"]
+    wanted = getattr(args, "directory", None)
+    if wanted:
+        stores = [d for d in stores if d.id == wanted]
+    if not stores:
+        print("smtpgate: no [directory.<id>] with type = \"internal\" in the configuration", file=sys.stderr)
+        return 1
+    return usercli.run(args, stores[0].options["store"])
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,442 @@
+"""TOML -> validated, compiled :class:`~smtpgate.config.model.Settings`.
+
+Theory of operation: the TOML document is flattened into dotted key paths (arrays stay whole, so
+if-blocks are single values). Each section builder *takes* the keys it understands from that map; whatever
+is left at the end is an unknown key and an error. Every error is a :class:`ConfigError` naming the exact
+key path. Nothing here opens sockets or starts anything.
+"""
+from __future__ import annotations
+
+import os
+import re
+import ssl
+import tempfile
+import tomllib
+from typing import Any
+
+from . import values
+from .errors import ConfigError
+from .ifblock import MAIL, Scope, compile_setting
+from .model import (CacheSettings, CertificateSettings, DatabaseSettings, DirectorySettings, Expr, ListenerSettings,
+                    ListenerTls, ListSettings, RemoteSettings, SessionSettings, Settings, TlsClientSettings)
+from .schema import (DIRECTORY_OPTIONS, DIRECTORY_PREFIXES, DIRECTORY_REQUIRED, SESSION_SETTINGS, TLS_PROTOCOLS,
+                     lookup_ref)
+
+_ID = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def load_file(path: str) -> Settings:
+    try:
+        with open(path, "rb") as fh:
+            text = fh.read().decode("utf-8")
+    except OSError as exc:
+        raise ConfigError(path, f"cannot read configuration file: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(path, "configuration file is not valid UTF-8") from None
+    return load_text(text, source=path, base_dir=os.path.dirname(os.path.abspath(path)))
+
+
+def load_text(text: str, source: str = "<config>", base_dir: str | None = None) -> Settings:
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(source, f"invalid TOML: {exc}") from None
+    flat: dict[str, Any] = {}
+    _flatten("", doc, flat)
+    return _Builder(flat, source, base_dir or os.getcwd()).build()
+
+
+def _flatten(prefix: str, node: dict[str, Any], out: dict[str, Any]) -> None:
+    for key, value in node.items():
+        path = f"{prefix}.{key}" if prefix else key
+        if isinstance(value, dict):
+            if not value:
+                out[path] = value
+            _flatten(path, value, out)
+        else:
+            out[path] = value
+
+
+class _Builder:
+    def __init__(self, flat: dict[str, Any], source: str, base_dir: str):
+        self.flat = flat
+        self.source = source
+        self.base_dir = base_dir
+
+    # -- key access -------------------------------------------------------------------------------
+    def take(self, key: str, default: Any = None) -> Any:
+        return self.flat.pop(key, default)
+
+    def has(self, key: str) -> bool:
+        return key in self.flat
+
+    def ids(self, prefix: str) -> list[str]:
+        """Ids of ``prefix.<id>.*`` tables, in document order."""
+        seen: list[str] = []
+        for key in self.flat:
+            if key.startswith(prefix + "."):
+                ident = key[len(prefix) + 1:].split(".", 1)[0]
+                if ident not in seen:
+                    seen.append(ident)
+        for ident in seen:
+            if not _ID.match(ident):
+                raise ConfigError(f"{prefix}.{ident}", "ids may contain only letters, digits, '-' and '_'")
+        return seen
+
+    def read_file_value(self, key: str, raw: str) -> str:
+        if raw.startswith("file://"):
+            path = raw[7:]
+            if not os.path.isabs(path):
+                path = os.path.join(self.base_dir, path)
+            try:
+                with open(path, encoding="utf-8") as fh:
+                    return fh.read()
+            except OSError as exc:
+                raise ConfigError(key, f"cannot read {path}: {exc.strerror}") from None
+        return raw
+
+    # -- sections -----------------------------------------------------------------------------------
+    def build(self) -> Settings:
+        hostname = values.nonempty_string("server.hostname", self.take("server.hostname", "localhost"))
+        greeting = values.string("server.greeting", self.take("server.greeting", "smtpgate at your service"))
+        grace = values.duration("server.shutdown-grace", self.take("server.shutdown-grace", "30s"))
+        certificates = self.certificates()
+        default_tls = self.tls("server.tls", ListenerTls(), certificates)
+        listeners = self.listeners(default_tls, certificates)
+        lists = self.lists()
+        databases = self.databases()
+        remotes = self.remotes()
+        directories = self.directories()
+        lookups = self.lookup_names(lists, databases, remotes, directories)
+        scope = Scope(listeners, {k: frozenset(e.lower() for e in v.entries) for k, v in lists.items()}, lookups)
+        session = self.session(scope, lookups, remotes)
+        queue_path = values.nonempty_string("queue.path", self.take("queue.path", "spool"))
+        if not os.path.isabs(queue_path):
+            queue_path = os.path.join(self.base_dir, queue_path)
+        next_hop = self.next_hop(scope, remotes)
+        if self.flat:
+            key = next(iter(self.flat))
+            raise ConfigError(key, "unknown configuration key")
+        return Settings(hostname=hostname, greeting=greeting, listeners=listeners, certificates=certificates,
+                        session=session, lists=lists, databases=databases, remotes=remotes,
+                        directories=directories, queue_path=queue_path, next_hop=next_hop,
+                        shutdown_grace=grace, source=self.source)
+
+    def certificates(self) -> dict[str, CertificateSettings]:
+        out = {}
+        for ident in self.ids("certificate"):
+            base = f"certificate.{ident}"
+            pems = {}
+            for part in ("cert", "private-key"):
+                key = f"{base}.{part}"
+                if not self.has(key):
+                    raise ConfigError(key, "missing (PEM text or file:///path)")
+                pems[part] = self.read_file_value(key, values.nonempty_string(key, self.take(key)))
+                if "-----BEGIN" not in pems[part]:
+                    raise ConfigError(key, "not a PEM document")
+            _check_keypair(base, pems["cert"], pems["private-key"])
+            out[ident] = CertificateSettings(ident, pems["cert"], pems["private-key"])
+        return out
+
+    def tls(self, prefix: str, parent: ListenerTls, certificates: dict[str, CertificateSettings]) -> ListenerTls:
+        t = ListenerTls(enable=parent.enable, implicit=parent.implicit, certificate=parent.certificate,
+                        protocols=parent.protocols, timeout=parent.timeout,
+                        ignore_client_order=parent.ignore_client_order)
+        if self.has(f"{prefix}.enable"):
+            t.enable = values.boolean(f"{prefix}.enable", self.take(f"{prefix}.enable"))
+        if self.has(f"{prefix}.implicit"):
+            t.implicit = values.boolean(f"{prefix}.implicit", self.take(f"{prefix}.implicit"))
+            if t.implicit and not self.has(f"{prefix}.enable"):
+                t.enable = True
+        if self.has(f"{prefix}.certificate"):
+            key = f"{prefix}.certificate"
+            t.certificate = values.nonempty_string(key, self.take(key))
+            if t.certificate not in certificates:
+                raise ConfigError(key, f"unknown certificate {t.certificate!r} (define [certificate.{t.certificate}])")
+            if not self.has(f"{prefix}.enable") and prefix == "server.tls":
+                t.enable = True
+        if self.has(f"{prefix}.protocols"):
+            key = f"{prefix}.protocols"
+            protos = values.string_list(key, self.take(key))
+            for p in protos:
+                if p not in TLS_PROTOCOLS:
+                    raise ConfigError(key, f"unsupported TLS protocol {p!r} (use {', '.join(TLS_PROTOCOLS)})")
+            if not protos:
+                raise ConfigError(key, "at least one protocol is required")
+            t.protocols = tuple(protos)
+        if self.has(f"{prefix}.timeout"):
+            t.timeout = values.duration(f"{prefix}.timeout", self.take(f"{prefix}.timeout"))
+        if self.has(f"{prefix}.ignore-client-order"):
+            key = f"{prefix}.ignore-client-order"
+            t.ignore_client_order = values.boolean(key, self.take(key))
+        return t
+
+    def listeners(self, default_tls: ListenerTls, certificates) -> dict[str, ListenerSettings]:
+        out = {}
+        for ident in self.ids("server.listener"):
+            base = f"server.listener.{ident}"
+            if not self.has(f"{base}.bind"):
+                raise ConfigError(f"{base}.bind", "missing (e.g. \"127.0.0.1:587\")")
+            binds = values.binds(f"{base}.bind", self.take(f"{base}.bind"))
+            protocol = values.string(f"{base}.protocol", self.take(f"{base}.protocol", "smtp"))
+            if protocol not in ("smtp", "lmtp"):
+                raise ConfigError(f"{base}.protocol", f"unsupported protocol {protocol!r} (use \"smtp\" or \"lmtp\")")
+            tls = self.tls(f"{base}.tls", default_tls, certificates)
+            if tls.enable and tls.certificate is None:
+                if len(certificates) == 1:
+                    tls.certificate = next(iter(certificates))
+                else:
+                    raise ConfigError(f"{base}.tls.certificate",
+                                      "TLS is enabled but no certificate is configured" if not certificates
+                                      else "several certificates exist: name one")
+            if tls.implicit and not tls.enable:
+                raise ConfigError(f"{base}.tls.implicit", "implicit TLS needs TLS enabled")
+            hostname = self.take(f"{base}.hostname")
+            greeting = self.take(f"{base}.greeting")
+            max_conn = values.positive_int(f"{base}.max-connections", self.take(f"{base}.max-connections", 8192))
+            out[ident] = ListenerSettings(
+                ident, binds, protocol, tls,
+                values.nonempty_string(f"{base}.hostname", hostname) if hostname is not None else None,
+                values.string(f"{base}.greeting", greeting) if greeting is not None else None,
+                max_conn)
+        if not out:
+            raise ConfigError("server.listener", "no listener defined")
+        seen: dict[tuple[str, int], str] = {}
+        for ident, listener in out.items():
+            for bind in listener.binds:
+                if bind in seen and bind[1] != 0:
+                    raise ConfigError(f"server.listener.{ident}.bind",
+                                      f"{bind[0]}:{bind[1]} is already bound by listener {seen[bind]!r}")
+                seen[bind] = ident
+        return out
+
+    def lists(self) -> dict[str, ListSettings]:
+        out = {}
+        for ident in self.ids("list"):
+            key = f"list.{ident}"
+            if not self.has(key):
+                raise ConfigError(key, "expected an array of entries or \"file:///path\"")
+            raw = self.take(key)
+            if isinstance(raw, str):
+                if not raw.startswith("file://"):
+                    raise ConfigError(key, "expected an array of entries or \"file:///path\"")
+                entries = [line.strip() for line in self.read_file_value(key, raw).splitlines()]
+                entries = [e for e in entries if e and not e.startswith("#")]
+            else:
+                entries = values.string_list(key, raw)
+            out[ident] = ListSettings(ident, entries)
+        return out
+
+    def cache(self, base: str) -> CacheSettings:
+        c = CacheSettings()
+        if self.has(f"{base}.cache.entries"):
+            c.entries = values.integer(f"{base}.cache.entries", self.take(f"{base}.cache.entries"))
+        if self.has(f"{base}.cache.ttl.positive"):
+            c.ttl_positive = values.duration(f"{base}.cache.ttl.positive", self.take(f"{base}.cache.ttl.positive"))
+        if self.has(f"{base}.cache.ttl.negative"):
+            c.ttl_negative = values.duration(f"{base}.cache.ttl.negative", self.take(f"{base}.cache.ttl.negative"))
+        if c.entries and not (c.ttl_positive or c.ttl_negative):
+            c.ttl_positive, c.ttl_negative = 300.0, 60.0
+        return c
+
+    def databases(self) -> dict[str, DatabaseSettings]:
+        out = {}
+        for ident in self.ids("database"):
+            base = f"database.{ident}"
+            if not self.has(f"{base}.address"):
+                raise ConfigError(f"{base}.address", "missing (sqlite://path or postgres://user@host:port/db)")
+            address = values.nonempty_string(f"{base}.address", self.take(f"{base}.address"))
+            if not address.startswith(("sqlite://", "postgres://", "postgresql://")):
+                raise ConfigError(f"{base}.address", "unsupported database URL (use sqlite:// or postgres://)")
+            if address.startswith("sqlite://"):
+                path = address[9:].split("?", 1)[0]
+                if path and not os.path.isabs(path):
+                    address = "sqlite://" + os.path.join(self.base_dir, address[9:])
+            queries = {}
+            prefix = f"{base}.lookup."
+            for key in [k for k in self.flat if k.startswith(prefix)]:
+                name = key[len(prefix):]
+                sql = values.nonempty_string(key, self.take(key))
+                if sql.count("?") != 1:
+                    raise ConfigError(key, "query must contain exactly one '?' parameter")
+                queries[name] = sql
+            conc = values.positive_int(f"{base}.concurrency", self.take(f"{base}.concurrency", 10))
+            timeout = values.duration(f"{base}.timeout", self.take(f"{base}.timeout", "5s"))
+            out[ident] = DatabaseSettings(ident, address, queries, conc, timeout, self.cache(base))
+        return out
+
+    def tls_client(self, base: str) -> TlsClientSettings:
+        t = TlsClientSettings()
+        for attr, key in (("implicit", "implicit"), ("starttls", "starttls"),
+                          ("allow_invalid_certs", "allow-invalid-certs")):
+            if self.has(f"{base}.tls.{key}"):
+                setattr(t, attr, values.boolean(f"{base}.tls.{key}", self.take(f"{base}.tls.{key}")))
+        if self.has(f"{base}.tls.ca-file"):
+            t.ca_file = values.nonempty_string(f"{base}.tls.ca-file", self.take(f"{base}.tls.ca-file"))
+        if t.implicit and t.starttls:
+            raise ConfigError(f"{base}.tls.starttls", "cannot be combined with tls.implicit")
+        return t
+
+    def remotes(self) -> dict[str, RemoteSettings]:
+        out = {}
+        for ident in self.ids("remote"):
+            base = f"remote.{ident}"
+            for req in ("address", "protocol"):
+                if not self.has(f"{base}.{req}"):
+                    raise ConfigError(f"{base}.{req}", "missing")
+            address = values.nonempty_string(f"{base}.address", self.take(f"{base}.address"))
+            protocol = values.string(f"{base}.protocol", self.take(f"{base}.protocol"))
+            if protocol not in ("imap", "smtp", "lmtp"):
+                raise ConfigError(f"{base}.protocol", f"unsupported protocol {protocol!r} (use imap, smtp or lmtp)")
+            tls = self.tls_client(base)
+            default_port = {"imap": 993 if tls.implicit else 143, "smtp": 465 if tls.implicit else 25,
+                            "lmtp": 24}[protocol]
+            port = self.take(f"{base}.port", default_port)
+            if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+                raise ConfigError(f"{base}.port", f"invalid port {port!r}")
+            lookup = values.boolean(f"{base}.lookup", self.take(f"{base}.lookup", False))
+            conc = values.positive_int(f"{base}.concurrency", self.take(f"{base}.concurrency", 10))
+            timeout = values.duration(f"{base}.timeout", self.take(f"{base}.timeout", "10s"))
+            out[ident] = RemoteSettings(ident, address, port, protocol, lookup, conc, timeout, tls, self.cache(base))
+        return out
+
+    def directories(self) -> dict[str, DirectorySettings]:
+        out = {}
+        for ident in self.ids("directory"):
+            base = f"directory.{ident}"
+            if not self.has(f"{base}.type"):
+                raise ConfigError(f"{base}.type", "missing (internal, ldap or oauth)")
+            kind = values.string(f"{base}.type", self.take(f"{base}.type"))
+            if kind not in DIRECTORY_OPTIONS:
+                raise ConfigError(f"{base}.type", f"unknown directory type {kind!r} (use internal, ldap or oauth)")
+            timeout = values.duration(f"{base}.timeout", self.take(f"{base}.timeout", "5s"))
+            conc = values.positive_int(f"{base}.concurrency", self.take(f"{base}.concurrency", 10))
+            cache = self.cache(base)
+            options: dict[str, Any] = {}
+            for opt, parse in DIRECTORY_OPTIONS[kind].items():
+                key = f"{base}.{opt}"
+                if self.has(key):
+                    options[opt] = parse(key, self.take(key))
+            for opt in DIRECTORY_REQUIRED[kind]:
+                if opt not in options:
+                    raise ConfigError(f"{base}.{opt}", "missing")
+            if kind == "internal":
+                store = options["store"]
+                if store.startswith("sqlite://"):
+                    path = store[9:]
+                    if path and not os.path.isabs(path):
+                        options["store"] = "sqlite://" + os.path.join(self.base_dir, path)
+                elif not store.startswith(("postgres://", "postgresql://")):
+                    raise ConfigError(f"{base}.store", "expected sqlite://path or postgres://user@host:port/db")
+            if kind == "ldap":
+                if not options["url"].startswith(("ldap://", "ldaps://")):
+                    raise ConfigError(f"{base}.url", "expected ldap://host:port or ldaps://host:port")
+                if ("bind.dn-template" in options) == ("search.base-dn" in options):
+                    raise ConfigError(f"{base}.bind.dn-template",
+                                      "set either bind.dn-template or search.base-dn (search then bind)")
+                if "search.base-dn" in options and "search.filter" not in options:
+                    raise ConfigError(f"{base}.search.filter", "missing (e.g. \"(mail={user})\")")
+            if kind == "oauth" and ("jwks-url" in options) == ("introspection.url" in options):
+                raise ConfigError(f"{base}.jwks-url", "set either jwks-url or introspection.url")
+            leftover = [k for k in self.flat if k.startswith(base + ".")]
+            if leftover:
+                raise ConfigError(leftover[0], f"unknown option for a directory of type {kind!r}")
+            out[ident] = DirectorySettings(ident, kind, options, timeout, conc, cache)
+        return out
+
+    def lookup_names(self, lists, databases, remotes, directories) -> dict[str, str]:
+        """Every lookup name a setting may use -> its kind."""
+        names: dict[str, str] = {f"list/{i}": "list" for i in lists}
+        for ident, db in databases.items():
+            for q in db.lookups:
+                names[f"db/{ident}/{q}"] = "db"
+        for ident, r in remotes.items():
+            names[f"remote/{ident}"] = "remote"
+        for ident, d in directories.items():
+            names[f"directory/{ident}"] = d.type
+            names[f"{DIRECTORY_PREFIXES[d.type]}/{ident}"] = d.type
+        return names
+
+    def session(self, scope: Scope, lookups: dict[str, str], remotes) -> SessionSettings:
+        exprs: dict[str, Expr] = {}
+        for s in SESSION_SETTINGS:
+            present = [k for k in (s.key, *s.aliases) if self.has(k)]
+            if len(present) > 1:
+                raise ConfigError(present[1], f"duplicates {present[0]} (they are aliases)")
+            if not present:
+                exprs[s.attr] = Expr(s.key, value=s.default)
+                continue
+            key = present[0]
+            raw = self.take(key)
+            parse = s.parse
+            if s.lookup:
+                parse = self._lookup_parser(s.lookup, lookups, remotes)
+            exprs[s.attr] = compile_setting(key, raw, parse, s.variables, scope, is_list=s.is_list)
+        relay = exprs["rcpt_relay"]
+        if relay.constant and relay.value is None:
+            # Default: relay only for authenticated sessions.
+            exprs["rcpt_relay"] = Expr("session.rcpt.relay", rules=[(lambda ctx: bool(ctx.authenticated_as), True)],
+                                       default=False)
+        else:
+            _refuse_open_relay(relay)
+        return SessionSettings(exprs)
+
+    def _lookup_parser(self, kind: str, lookups: dict[str, str], remotes):
+        def parse(key: str, raw: Any) -> str | None:
+            name = lookup_ref(key, raw)
+            if name is None:
+                return None
+            if name not in lookups:
+                raise ConfigError(key, f"unknown lookup {name!r}")
+            if kind == "auth" and name.startswith("remote/"):
+                remote = remotes[name[7:]]
+                if not remote.lookup:
+                    raise ConfigError(key, f"remote {remote.id!r} is not enabled for lookups "
+                                           f"(set remote.{remote.id}.lookup = true)")
+            if kind == "membership" and lookups[name] not in ("list", "db"):
+                raise ConfigError(key, f"lookup {name!r} cannot answer membership queries (use list/ or db/)")
+            return name
+        return parse
+
+    def next_hop(self, scope: Scope, remotes) -> Expr:
+        key = "queue.outbound.next-hop"
+        if not self.has(key):
+            return Expr(key, value=None)
+
+        def parse(k: str, raw: Any) -> str | None:
+            name = lookup_ref(k, raw)
+            if name is None:
+                return None
+            if not name.startswith("remote/") or name[7:] not in remotes:
+                raise ConfigError(k, f"expected \"remote/<id>\" of a defined remote or false, got {name!r}")
+            if remotes[name[7:]].protocol not in ("smtp", "lmtp"):
+                raise ConfigError(k, f"remote {name[7:]!r} must use protocol smtp or lmtp to be a next hop")
+            return name
+        return compile_setting(key, self.take(key), parse, MAIL, scope)
+
+
+def _refuse_open_relay(expr: Expr) -> None:
+    """smtpgate is never an open relay: relaying must depend on something (authentication, network)."""
+    if expr.constant:
+        if expr.value:
+            raise ConfigError(expr.key, "an unconditional true would make an open relay; use an if-block "
+                                        "(e.g. { if = \"authenticated-as\", ne = \"\", then = true })")
+        return
+    if expr._default:
+        raise ConfigError(expr.key, "'else = true' would make an open relay for everyone the rules miss")
+
+
+def _check_keypair(base: str, cert_pem: str, key_pem: str) -> None:
+    """Load the pair once so a bad certificate is a startup error with its key path."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    with tempfile.TemporaryDirectory() as tmp:
+        cpath, kpath = os.path.join(tmp, "c.pem"), os.path.join(tmp, "k.pem")
+        with open(cpath, "w") as fh:
+            fh.write(cert_pem)
+        fd = os.open(kpath, os.O_WRONLY | os.O_CREAT, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(key_pem)
+        try:
+            ctx.load_cert_chain(cpath, kpath)
+        except ssl.SSLError as exc:
+            raise ConfigError(f"{base}.cert", f"certificate and private key do not load: {exc.reason or exc}") from None

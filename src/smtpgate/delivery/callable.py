@@ -1,0 +1,34 @@
+"""Hand-off to the embedding application: an async callable decides the reply for each message.
+
+    async def handle(envelope: Envelope) -> list[RcptResult] | RcptResult | None: ...
+
+``None`` or a single result applies to every recipient. An exception becomes a ``451`` (nothing is
+acknowledged that the application did not accept).
+"""
+from __future__ import annotations
+
+import logging
+from typing import Awaitable, Callable
+
+from .base import Delivery, Envelope, RcptResult
+
+Handler = Callable[[Envelope], Awaitable["list[RcptResult] | RcptResult | None"]]
+
+
+class CallableDelivery(Delivery):
+    def __init__(self, handler: Handler):
+        self.handler = handler
+
+    async def deliver(self, envelope: Envelope) -> list[RcptResult]:
+        try:
+            result = await self.handler(envelope)
+        except Exception:  # noqa: BLE001
+            logging.getLogger("smtpgate.delivery").exception("application delivery handler failed")
+            return [RcptResult(451, "4.3.0 Delivery failed, try again later")] * len(envelope.rcpt_to)
+        if result is None:
+            result = RcptResult(250, f"2.0.0 Ok: accepted as {envelope.queue_id}")
+        if isinstance(result, RcptResult):
+            return [result] * len(envelope.rcpt_to)
+        if len(result) != len(envelope.rcpt_to):
+            return [RcptResult(451, "4.3.0 Delivery failed, try again later")] * len(envelope.rcpt_to)
+        return list(result)

@@ -1,0 +1,127 @@
+"""Sans-IO parsing of command arguments: paths (RFC 5321 §4.1.2), ESMTP parameters, xtext (RFC 3461).
+
+Address parsing is strict on purpose: relay decisions depend on the domain it returns, so anything
+ambiguous (two '@', unbalanced quotes, control characters) is a syntax error, never a guess.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~\-\x80-\xff]+"
+_DOT_ATOM = rf"{_ATOM}(?:\.{_ATOM})*"
+_QUOTED = r'"(?:[\x20\x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\x20-\x7e])*"'
+_LABEL = r"[A-Za-z0-9\x80-\xff](?:[A-Za-z0-9\-\x80-\xff]*[A-Za-z0-9\x80-\xff])?"
+_DOMAIN = rf"{_LABEL}(?:\.{_LABEL})*\.?"
+_LITERAL = r"\[(?:[0-9.]+|IPv6:[0-9A-Fa-f:.]+)\]"
+_MAILBOX = re.compile(rf"^(?P<local>{_DOT_ATOM}|{_QUOTED})@(?P<domain>{_DOMAIN}|{_LITERAL})$")
+_ROUTE = re.compile(rf"^@(?:{_DOMAIN}|{_LITERAL})(?:,@(?:{_DOMAIN}|{_LITERAL}))*:")
+_PARAM_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9\-]*$")
+
+
+class ParseError(ValueError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    local: str
+    domain: str          # lower-cased, trailing dot removed; "" for the null path
+
+    @property
+    def text(self) -> str:
+        return f"{self.local}@{self.domain}" if self.domain else ""
+
+    @property
+    def lower(self) -> str:
+        return f"{self.local.lower()}@{self.domain}" if self.domain else ""
+
+    @property
+    def quoted_local(self) -> bool:
+        return self.local.startswith('"')
+
+
+NULL_PATH = Address("", "")
+
+
+def parse_path_and_params(arg: str, prefix: str) -> tuple[Address, dict[str, str | None]]:
+    """``arg`` is what follows the verb, e.g. ``FROM:<a@b> SIZE=10``; ``prefix`` is ``FROM:``/``TO:``."""
+    if arg[:len(prefix)].upper() != prefix:
+        raise ParseError("syntax")
+    rest = arg[len(prefix):].lstrip(" ")
+    if not rest.startswith("<"):
+        raise ParseError("syntax")
+    end = _closing_bracket(rest)
+    path, params_text = rest[1:end], rest[end + 1:]
+    if params_text and not params_text.startswith(" "):
+        raise ParseError("syntax")
+    return parse_path(path), parse_params(params_text)
+
+
+def _closing_bracket(text: str) -> int:
+    in_quote = escaped = False
+    for i, ch in enumerate(text):
+        if escaped:
+            escaped = False
+        elif ch == "\\" and in_quote:
+            escaped = True
+        elif ch == '"':
+            in_quote = not in_quote
+        elif ch == ">" and not in_quote:
+            return i
+    raise ParseError("syntax")
+
+
+def parse_path(path: str) -> Address:
+    if path == "":
+        return NULL_PATH
+    m = _ROUTE.match(path)
+    if m:  # RFC 5321 §4.1.2: source routes are accepted and ignored
+        path = path[m.end():]
+    m = _MAILBOX.match(path)
+    if not m:
+        raise ParseError("address")
+    local, domain = m.group("local"), m.group("domain")
+    if len(local) > 64 or len(domain) > 255:
+        raise ParseError("address")
+    return Address(local, domain.rstrip(".").lower())
+
+
+def parse_params(text: str) -> dict[str, str | None]:
+    params: dict[str, str | None] = {}
+    for item in text.split(" "):
+        if not item:
+            continue
+        key, eq, value = item.partition("=")
+        if not _PARAM_KEY.match(key) or (eq and not value):
+            raise ParseError("param")
+        ukey = key.upper()
+        if ukey in params:
+            raise ParseError("param")
+        params[ukey] = value if eq else None
+    return params
+
+
+def xtext_decode(value: str) -> str:
+    """RFC 3461 §4: ``+XX`` hex escapes; raises ParseError on malformed input."""
+    out = []
+    i = 0
+    while i < len(value):
+        ch = value[i]
+        if ch == "+":
+            hexpart = value[i + 1:i + 3]
+            if len(hexpart) != 2 or not all(c in "0123456789ABCDEF" for c in hexpart):
+                raise ParseError("xtext")
+            out.append(chr(int(hexpart, 16)))
+            i += 3
+            continue
+        if not ("!" <= ch <= "~") or ch == "=":
+            raise ParseError("xtext")
+        out.append(ch)
+        i += 1
+    return "".join(out)
+
+
+def xtext_encode(value: str) -> str:
+    return "".join(c if ("!" <= c <= "~" and c not in "+=") else "".join(f"+{b:02X}" for b in c.encode())
+                   for c in value)

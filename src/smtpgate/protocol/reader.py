@@ -1,0 +1,123 @@
+"""Sans-IO input framing: command lines and DATA, with explicit limits.
+
+``LineReader.feed(bytes)`` appends input; ``next_line()`` returns one command line without its line
+ending, ``TOO_LONG`` for a line that exceeded the limit (its bytes are discarded, never buffered), or
+``None`` when no complete line is buffered yet. Bare LF ends a command line (lenient, like most MTAs);
+a trailing CR is stripped.
+
+DATA is read by ``read_data(max_size)``: the message ends only at ``CRLF . CRLF`` -- never at ``LF . LF``
+or ``CR . CR`` (SMTP smuggling) -- and is dot-unstuffed. Beyond ``max_size`` the body is no longer kept,
+only scanned for its end, so an oversized message costs no memory.
+"""
+from __future__ import annotations
+
+TOO_LONG = object()
+
+#: RFC 4954 §4: SASL lines (and AUTH with an initial response) up to 12 288 octets.
+SASL_LINE_LIMIT = 12288
+COMMAND_LINE_LIMIT = 512            # RFC 5321 §4.5.3.1.4, including CRLF
+MAIL_LINE_LIMIT = 512 + 500         # RFC 4954 §5: room for AUTH= on MAIL FROM
+
+_EOD = b"\r\n.\r\n"
+
+
+class DataResult:
+    __slots__ = ("body", "size", "too_big")
+
+    def __init__(self, body: bytes, size: int, too_big: bool):
+        self.body = body
+        self.size = size
+        self.too_big = too_big
+
+
+class LineReader:
+    __slots__ = ("_buf", "_pos", "_discarding", "_data", "_data_max", "_data_size", "_data_big", "total")
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self._pos = 0
+        self._discarding = False
+        self._data: bytearray | None = None
+        self._data_max = 0
+        self._data_size = 0
+        self._data_big = False
+        self.total = 0               # bytes received, for session.transfer-limit
+
+    def feed(self, data: bytes) -> None:
+        self.total += len(data)
+        if self._pos and self._pos == len(self._buf):
+            self._buf.clear()
+            self._pos = 0
+        self._buf += data
+
+    def clear(self) -> None:
+        """Drop everything buffered (RFC 3207: nothing pipelined after STARTTLS may be executed)."""
+        self._buf = bytearray()
+        self._pos = 0
+        self._discarding = False
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buf) - self._pos
+
+    def next_line(self, limit: int = SASL_LINE_LIMIT) -> bytes | object | None:
+        buf = self._buf
+        idx = buf.find(b"\n", self._pos)
+        if idx < 0:
+            if len(buf) - self._pos > limit:
+                # Keep nothing of an over-long line: discard until its end arrives.
+                self._discarding = True
+                del buf[:]
+                self._pos = 0
+            return None
+        start = self._pos
+        self._pos = idx + 1
+        if self._pos > 65536:
+            del buf[:self._pos]
+            self._pos = 0
+            idx -= start
+            start = 0
+        if self._discarding:
+            self._discarding = False
+            return TOO_LONG
+        end = idx
+        if end > start and buf[end - 1] == 13:
+            end -= 1
+        if end - start > limit - 2:
+            return TOO_LONG
+        return bytes(buf[start:end])
+
+    # -- DATA -------------------------------------------------------------------------------------
+    def start_data(self, max_size: int) -> None:
+        # A leading CRLF lets one search find an end marker on the very first line.
+        self._data = bytearray(b"\r\n")
+        self._data_max = max_size
+        self._data_size = 0
+        self._data_big = False
+
+    def read_data(self) -> DataResult | None:
+        """Consume buffered bytes into the message; return the message once CRLF.CRLF is seen."""
+        data = self._data
+        assert data is not None, "start_data() first"
+        chunk = self._buf[self._pos:] if self._pos else self._buf
+        self._buf = bytearray()
+        self._pos = 0
+        scan_from = max(0, len(data) - 4)
+        data += chunk
+        idx = data.find(_EOD, scan_from)
+        if idx < 0:
+            if self._data_big or len(data) - 2 > self._data_max:
+                # Over the limit: stop keeping the body, keep only a tail long enough to spot the marker.
+                self._data_big = True
+                self._data_size += len(data) - 4
+                del data[:-4]
+            return None
+        self._buf = bytearray(data[idx + 5:])
+        size = self._data_size + idx
+        body_len = idx + 2            # up to and including the CRLF before "."
+        if self._data_big or size > self._data_max:
+            self._data = None
+            return DataResult(b"", size, True)
+        body = bytes(data[:body_len]).replace(b"\r\n..", b"\r\n.")[2:]
+        self._data = None
+        return DataResult(body, size, False)

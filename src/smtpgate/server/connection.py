@@ -1,0 +1,294 @@
+"""The asyncio transport for one SMTP session: bytes in, replies out, requests served.
+
+An ``asyncio.Protocol`` rather than a stream coroutine per client: an idle session then costs only
+this object, its ``Session`` and its buffers -- no task, no timer (a server-wide sweeper enforces
+``session.timeout`` / ``session.duration``). Async work is started only when a stage asks for it; an
+``errors.wait`` delay is a ``call_later`` that resumes this session alone.
+
+``want`` says what the session's current handler is waiting for:
+  None     -- nothing: complete lines are dispatched as commands;
+  LINE     -- the next line of a SASL exchange (with its own length limit);
+  DATA     -- the end of a message body;
+  BUSY     -- an async request (lookup, delay, TLS handshake, delivery) is in flight; input is buffered.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from ..lookup.base import AuthResult, LookupUnavailable, Outcome
+from ..protocol import replies as R
+from ..protocol.reader import LineReader
+from ..session.machine import (UNAVAILABLE, Authenticate, Contains, Deliver, GetSecret, ListenerContext, ReadData,
+                               ReadLine, Session, Sleep, StartTls)
+from .tls import tls_info
+
+if TYPE_CHECKING:
+    from . import Server
+
+log = logging.getLogger("smtpgate.server")
+
+LINE, DATA, BUSY = 1, 2, 3
+MAX_BUFFERED = 1 << 20          # stop reading from a client that pipelines faster than we answer
+
+
+class SmtpConnection(asyncio.Protocol):
+    __slots__ = ("server", "ctx", "transport", "session", "reader", "gen", "want", "line_limit", "last_active",
+                 "started", "write_paused", "handle", "closed", "tls_pending", "reading_paused")
+
+    def __init__(self, server: "Server", ctx: ListenerContext):
+        self.server = server
+        self.ctx = ctx
+        self.transport: Any = None
+        self.session: Session | None = None
+        self.reader = LineReader()
+        self.gen: Any = None
+        self.want: int | None = None
+        self.line_limit = 0
+        self.write_paused = False
+        self.reading_paused = False
+        self.handle: Any = None
+        self.closed = False
+        self.tls_pending = False
+
+    # -- asyncio callbacks ---------------------------------------------------------------------------
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        self.started = self.last_active = time.monotonic()
+        peer = transport.get_extra_info("peername") or ("", 0)
+        sock = transport.get_extra_info("sockname") or ("", 0)
+        info = tls_info(transport.get_extra_info("ssl_object"))
+        if not self.server._register(self):
+            transport.write(R.TOO_MANY_CONNECTIONS)
+            transport.close()
+            self.closed = True
+            return
+        try:
+            self.session = Session(self.ctx, peer[0], peer[1], sock[0], sock[1], info)
+        except Exception:
+            log.exception("session setup failed")
+            transport.write(R.INTERNAL)
+            transport.close()
+            return
+        transport.write(self.session.greeting)
+
+    def data_received(self, data: bytes) -> None:
+        if self.closed or self.session is None or self.tls_pending:
+            return  # cleartext bytes sent while STARTTLS is being set up are dropped (RFC 3207)
+        self.last_active = time.monotonic()
+        reader = self.reader
+        reader.feed(data)
+        if reader.total > self.session.params.transfer_limit:
+            self._abort(R.TRANSFER)
+            return
+        want = self.want
+        if want is None:
+            self._advance(None)
+        elif want == LINE:
+            line = reader.next_line(self.line_limit)
+            if line is not None:
+                self.want = None
+                self._advance(line)
+        elif want == DATA:
+            result = reader.read_data()
+            if result is not None:
+                self.want = None
+                self._advance(result)
+        if not self.closed and reader.buffered > MAX_BUFFERED and not self.reading_paused:
+            self.reading_paused = True
+            self.transport.pause_reading()
+
+    def eof_received(self) -> bool:
+        if self.want in (LINE, DATA):
+            self.want = None
+            self._advance(None)
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self.handle is not None:
+            self.handle.cancel()
+            self.handle = None
+        if self.gen is not None:
+            self.gen.close()
+            self.gen = None
+        self.server._unregister(self)
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if self.want is None and not self.closed:
+            self._advance(None)
+
+    # -- the pump ------------------------------------------------------------------------------------
+    def _advance(self, value: Any) -> None:
+        """Run handlers until one must wait (for input or async work) or input runs out."""
+        s = self.session
+        reader = self.reader
+        try:
+            while not self.closed:
+                gen = self.gen
+                if gen is None:
+                    if s.closing:
+                        self._flush()
+                        self.transport.close()
+                        self.closed = True
+                        return
+                    if self.write_paused:
+                        self._flush()
+                        return
+                    line = reader.next_line()
+                    if line is None:
+                        self._flush()
+                        if self.reading_paused:
+                            self.reading_paused = False
+                            self.transport.resume_reading()
+                        return
+                    self.gen = s.handle(line)
+                    value = None
+                    continue
+                try:
+                    req = gen.send(value)
+                except StopIteration:
+                    self.gen = None
+                    continue
+                value = None
+                kind = type(req)
+                if kind is ReadLine:
+                    line = reader.next_line(req.limit)
+                    if line is None:
+                        self.want = LINE
+                        self.line_limit = req.limit
+                        self._flush()
+                        return
+                    value = line
+                elif kind is ReadData:
+                    reader.start_data(req.max_size)
+                    result = reader.read_data()
+                    if result is None:
+                        self.want = DATA
+                        self._flush()
+                        return
+                    value = result
+                elif kind is Sleep:
+                    self._flush()
+                    self.want = BUSY
+                    self.handle = asyncio.get_running_loop().call_later(req.seconds, self._resume, None)
+                    return
+                else:
+                    self._flush()
+                    self.want = BUSY
+                    self.handle = asyncio.get_running_loop().create_task(self._serve(req))
+                    return
+        except Exception:
+            log.exception("internal error in session")
+            self._abort(R.INTERNAL)
+
+    def _resume(self, value: Any) -> None:
+        self.handle = None
+        self.want = None
+        if not self.closed:
+            self._advance(value)
+
+    async def _serve(self, req: Any) -> None:
+        """Perform one async request and resume the session with its answer."""
+        try:
+            value = await self._perform(req)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("request %s failed", type(req).__name__)
+            value = None
+        self._resume(value)
+
+    async def _perform(self, req: Any) -> Any:
+        kind = type(req)
+        if kind is Authenticate:
+            try:
+                async with asyncio.timeout(_bound(req.lookup)):
+                    return await req.lookup.authenticate(req.creds)
+            except (TimeoutError, Exception) as exc:  # noqa: BLE001 - any store failure is a tempfail
+                reason = "timeout" if isinstance(exc, TimeoutError) else type(exc).__name__
+                log.warning("lookup %s failed: %s", req.lookup.name, reason)
+                return AuthResult(Outcome.UNAVAILABLE, reason=reason)
+        if kind is GetSecret or kind is Contains:
+            try:
+                async with asyncio.timeout(_bound(req.lookup)):
+                    if kind is GetSecret:
+                        return await req.lookup.get_secret(req.username)
+                    return await req.lookup.contains(req.key)
+            except LookupUnavailable as exc:
+                log.warning("lookup %s unavailable: %s", req.lookup.name, exc)
+                return UNAVAILABLE
+            except (TimeoutError, Exception) as exc:  # noqa: BLE001
+                log.warning("lookup %s failed: %s", req.lookup.name, type(exc).__name__)
+                return UNAVAILABLE
+        if kind is StartTls:
+            return await self._starttls()
+        if kind is Deliver:
+            return await self.server._deliver(req)
+        raise TypeError(f"unknown request {req!r}")
+
+    async def _starttls(self) -> Any:
+        ctxt = self.server._ssl_contexts.get(self.ctx.listener.id)
+        if ctxt is None:
+            return None
+        self.reader.clear()          # pipelined cleartext after STARTTLS is never executed
+        self.tls_pending = True
+        loop = asyncio.get_running_loop()
+        try:
+            transport = await loop.start_tls(self.transport, self, ctxt, server_side=True,
+                                             ssl_handshake_timeout=self.ctx.listener.tls.timeout)
+        except (OSError, asyncio.TimeoutError, ConnectionError, Exception) as exc:  # noqa: BLE001
+            log.info("STARTTLS handshake failed from %s: %s", self.session.vars.remote_ip, type(exc).__name__)
+            self.tls_pending = False
+            self.closed = True
+            try:
+                self.transport.abort()
+            except Exception:  # noqa: BLE001
+                pass
+            return None
+        self.transport = transport
+        self.reader.clear()
+        self.tls_pending = False
+        return tls_info(transport.get_extra_info("ssl_object"))
+
+    # -- output --------------------------------------------------------------------------------------
+    def _flush(self) -> None:
+        out = self.session.out
+        if out:
+            self.transport.write(b"".join(out) if len(out) > 1 else out[0])
+            out.clear()
+
+    def _abort(self, reply: bytes) -> None:
+        if self.closed:
+            return
+        if self.session is not None:
+            self._flush()
+        self.transport.write(reply)
+        self.transport.close()
+        self.closed = True
+
+    def expire(self, now: float) -> None:
+        """Called by the server's sweeper: enforce session.timeout and session.duration."""
+        if self.closed or self.session is None:
+            return
+        params = self.session.params
+        if now - self.started > params.duration:
+            self._abort(R.DURATION)
+        elif self.want != BUSY and now - self.last_active > params.timeout:
+            self._abort(R.TIMEOUT)
+
+    def shutdown(self) -> None:
+        """Grace time is over: tell the client and close."""
+        if not self.closed:
+            self._abort(R.SHUTDOWN)
+
+
+def _bound(lookup: Any) -> float:
+    # Each lookup bounds its own operations; this outer bound only guards against one that forgets.
+    return float(getattr(lookup, "timeout", 30.0)) + 5.0

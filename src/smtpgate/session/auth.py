@@ -1,0 +1,220 @@
+"""The AUTH stage (RFC 4954; SPEC §4): advertisement, the SASL dialogue, ``session.auth.*``.
+
+Where each key acts:
+  ``session.auth.mechanisms``       -> :func:`configured`   (evaluated at every EHLO and AUTH)
+  ``session.auth.allow-plain-text`` -> :func:`_usable`
+  ``session.auth.lookup``           -> ``params.auth_lookup``  (connect stage, evaluated at session start)
+  ``session.auth.require``          -> ``params.auth_require`` (checked by the dispatcher: 530 5.7.0)
+  ``session.auth.errors.total``     -> :func:`_fail`  (disconnect with 421 once reached)
+  ``session.auth.errors.wait``      -> :func:`_fail`  (an awaited ``Sleep`` before every counted failure)
+
+Order of checks for ``AUTH <mech> [ir]`` (first that applies wins): AUTH disabled (503) -> already
+authenticated (503) -> inside a mail transaction (503) -> no EHLO yet (503) -> missing mechanism (501)
+-> unknown / not offered / lookup can't verify it (504) -> cleartext-sensitive without TLS (538) ->
+initial response to a server-first mechanism (501 5.7.0) -> the exchange itself.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+from typing import TYPE_CHECKING, Generator
+
+from .. import sasl
+from ..lookup.base import AuthResult, Outcome
+from ..protocol import replies as R
+from ..protocol.reader import SASL_LINE_LIMIT, TOO_LONG
+from ..sasl.base import Challenge, Failure, NeedSecret, Success, Verify
+from .machine import UNAVAILABLE, Authenticate, GetSecret, ReadLine, Sleep
+
+if TYPE_CHECKING:
+    from .machine import Session
+
+log = logging.getLogger("smtpgate.auth")
+
+
+def configured(s: "Session") -> tuple[str, ...]:
+    return s.ctx.settings.session.auth_mechanisms.evaluate(s.vars)
+
+
+def _usable(s: "Session", name: str, allow_plain: bool | None = None) -> bool:
+    """May ``name`` run in this session now? (lookup capability, TLS rule, channel binding)."""
+    lookup = s.params.auth_lookup
+    if lookup is None or sasl.required_capability(name) not in lookup.capabilities:
+        return False
+    if name.endswith("-PLUS") and (s.tls is None or s.tls.channel_binding is None):
+        return False
+    if s.tls is None and sasl.cleartext_sensitive(name):
+        if allow_plain is None:
+            allow_plain = s.ctx.settings.session.auth_allow_plain_text.evaluate(s.vars)
+        return bool(allow_plain)
+    return True
+
+
+def advertised(s: "Session") -> list[str]:
+    if s.auth_account is not None or s.params.auth_lookup is None:
+        return []
+    allow_plain = s.ctx.settings.session.auth_allow_plain_text.evaluate(s.vars)
+    return [m for m in configured(s) if _usable(s, m, allow_plain)]
+
+
+def auth(s: "Session", arg: str) -> Generator | None:
+    mechs = configured(s)
+    if s.params.auth_lookup is None or not mechs:
+        s.reply(R.AUTH_DISABLED)
+        return None
+    if s.auth_account is not None:
+        s.reply(R.AUTH_ALREADY)
+        return None
+    if s.mail_from is not None:
+        s.reply(R.AUTH_IN_TRANSACTION)
+        return None
+    if s.helo is None or not s.esmtp:
+        s.reply(R.BAD_SEQUENCE_EHLO)
+        return None
+    parts = arg.split(" ") if arg else []
+    if not parts or len(parts) > 2 or not parts[0]:
+        s.reply(R.AUTH_SYNTAX)
+        return None
+    name = parts[0].upper()
+    if name not in mechs or name not in sasl.MECHANISM_NAMES:
+        s.reply(R.AUTH_UNSUPPORTED)
+        return None
+    if s.tls is None and sasl.cleartext_sensitive(name) and \
+            not s.ctx.settings.session.auth_allow_plain_text.evaluate(s.vars):
+        s.reply(R.AUTH_ENCRYPTION_REQUIRED)
+        return None
+    if not _usable(s, name):
+        s.reply(R.AUTH_UNSUPPORTED)
+        return None
+    initial = parts[1] if len(parts) == 2 else None
+    mech = sasl.create(name, hostname=s.ctx.hostname,
+                       channel_binding=s.tls.channel_binding if s.tls is not None else None,
+                       plus_advertised=f"{name}-PLUS" in mechs and _usable(s, f"{name}-PLUS"))
+    if initial is not None and mech.server_first:
+        s.reply(R.AUTH_NO_INITIAL)
+        return None
+    return _exchange(s, name, mech, initial)
+
+
+def _decode(text: bytes) -> bytes | None:
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+
+
+def _exchange(s: "Session", name: str, mech, initial: str | None) -> Generator:
+    lookup = s.params.auth_lookup
+    user = ""
+    if initial is None:
+        action = mech.start(None)
+    else:
+        data = b"" if initial == "=" else _decode(initial.encode("ascii", "replace"))
+        if data is None:
+            yield from _fail(s, R.AUTH_BAD_BASE64, name, user, "malformed")
+            return
+        action = mech.start(data)
+    while True:
+        if isinstance(action, Challenge):
+            s.reply(b"334 " + base64.b64encode(action.data) + b"\r\n" if action.data else R.AUTH_EMPTY_CHALLENGE)
+            line = yield ReadLine(SASL_LINE_LIMIT)
+            if line is None:            # client went away mid-exchange
+                s.closing = True
+                return
+            if line is TOO_LONG:
+                yield from _fail(s, R.AUTH_LINE_TOO_LONG, name, user, "malformed")
+                return
+            if line == b"*":
+                yield from _fail(s, R.AUTH_CANCELLED, name, user, "cancelled")
+                return
+            data = _decode(line)
+            if data is None:
+                yield from _fail(s, R.AUTH_BAD_BASE64, name, user, "malformed")
+                return
+            action = mech.respond(data)
+        elif isinstance(action, Verify):
+            user = action.creds.username
+            result = yield Authenticate(lookup, action.creds)
+            if not isinstance(result, AuthResult):
+                result = AuthResult(Outcome.UNAVAILABLE, reason="lookup failed")
+            if result.outcome is Outcome.UNAVAILABLE:
+                _log(s, name, user, "tempfail", result.reason)
+                s.reply(R.AUTH_TEMPFAIL)
+                return
+            action = mech.verified(result)
+        elif isinstance(action, NeedSecret):
+            user = action.username
+            record = yield GetSecret(lookup, action.username)
+            if record is UNAVAILABLE:
+                _log(s, name, user, "tempfail", "secret lookup unavailable")
+                s.reply(R.AUTH_TEMPFAIL)
+                return
+            action = mech.secret(record)
+        elif isinstance(action, Success):
+            if action.final_data is not None:
+                # RFC 4954 §4: additional data with success goes in a 334; the client answers empty.
+                s.reply(b"334 " + base64.b64encode(action.final_data) + b"\r\n")
+                line = yield ReadLine(SASL_LINE_LIMIT)
+                if line is None:
+                    s.closing = True
+                    return
+                if line == b"*":
+                    yield from _fail(s, R.AUTH_CANCELLED, name, action.account, "cancelled")
+                    return
+                if line not in (b"", b"="):
+                    yield from _fail(s, R.AUTH_MALFORMED, name, action.account, "malformed")
+                    return
+            s.auth_account = action.account
+            s.auth_addresses = frozenset(a.lower() for a in action.addresses)
+            s.auth_mechanism = name
+            s.vars.authenticated_as = action.account.lower()
+            _log(s, name, action.account, "success")
+            s.reply(R.AUTH_OK)
+            return
+        elif isinstance(action, Failure):
+            user = action.username or user
+            if action.kind == "unavailable":
+                _log(s, name, user, "tempfail", action.detail)
+                s.reply(R.AUTH_TEMPFAIL)
+            elif action.kind == "malformed":
+                yield from _fail(s, R.AUTH_MALFORMED, name, user, "malformed")
+            else:
+                yield from _fail(s, R.AUTH_INVALID, name, user, "invalid")
+            return
+        else:  # pragma: no cover - the mechanism broke its contract
+            raise TypeError(f"unexpected SASL action {action!r}")
+
+
+def _fail(s: "Session", reply: bytes, name: str, user: str, result: str) -> Generator:
+    """A counted failure: wait ``errors.wait`` (this session only), reply, disconnect at ``errors.total``."""
+    s.auth_failures += 1
+    _log(s, name, user, result)
+    yield Sleep(s.params.auth_errors_wait)
+    s.reply(reply)
+    if s.auth_failures >= s.params.auth_errors_total:
+        s.close(R.AUTH_TOO_MANY)
+
+
+def _log(s: "Session", mech: str, user: str, result: str, reason: str = "") -> None:
+    if not log.isEnabledFor(logging.INFO):
+        return
+    extra = f" reason={_quote(reason)}" if reason else ""
+    log.info("auth listener=%s remote=%s port=%d mechanism=%s user=%s result=%s failures=%d%s",
+             s.ctx.listener.id, s.vars.remote_ip, s.remote_port, mech, _quote(user), result,
+             s.auth_failures, extra)
+
+
+def _quote(text: str) -> str:
+    """Quoted, escaped and bounded, so a hostile username cannot forge log fields or lines."""
+    text = text[:256]
+    out = ['"']
+    for ch in text:
+        if ch in '"\\':
+            out.append("\\" + ch)
+        elif " " <= ch <= "~":
+            out.append(ch)
+        else:
+            out.append(f"\\x{ord(ch):02x}" if ord(ch) < 256 else f"\\u{ord(ch):04x}")
+    out.append('"')
+    return "".join(out)
