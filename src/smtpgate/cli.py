@@ -46,7 +46,10 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "check-config":
-            load_file(args.config)
+            from .lookup import registry
+            settings = load_file(args.config)
+            for lookup in registry.unique(registry.build(settings)):  # same constructors as serve
+                _discard(lookup)
             print(f"{args.config}: OK")
             return 0
         if args.command == "serve":
@@ -59,6 +62,15 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     return 2
+
+
+def _discard(lookup) -> None:
+    close = getattr(lookup, "close", None)
+    if close is not None:
+        try:
+            asyncio.run(close())
+        except Exception:  # noqa: BLE001 - nothing was opened; closing is best effort
+            pass
 
 
 def _load(args: argparse.Namespace):

@@ -10,8 +10,8 @@ import pytest
 from smtpgate.config.model import DirectorySettings
 from smtpgate.lookup.base import Credentials, Outcome
 from smtpgate.lookup.ldap import LdapLookup
-from tests.fixtures.slapd import (PEOPLE, SERVICE_DN, SERVICE_PW, SUFFIX, USERS, Slapd, ldap_pki,  # noqa: F401
-                                  make_pki, slapd, slapd_private)
+from tests.fixtures.slapd import PEOPLE, SERVICE_DN, SERVICE_PW, SUFFIX, USERS, Pki, Slapd, make_pki
+from tests.fixtures.slapd import ldap_pki, slapd, slapd_private  # noqa: F401  (fixtures)
 from tests.support import free_port
 
 pytestmark = pytest.mark.service("slapd")
@@ -173,12 +173,12 @@ async def test_parallel_logins_share_the_bounded_pool(slapd: Slapd) -> None:
 
 # --------------------------------------------------------------------------- TLS
 
-async def test_ldaps_with_the_ca_verifies(slapd: Slapd, ldap_pki) -> None:  # noqa: F811
+async def test_ldaps_with_the_ca_verifies(slapd: Slapd, ldap_pki: Pki) -> None:
     result = await check(template(slapd.ldaps_url, **{"tls.ca-file": str(ldap_pki.ca_cert)}), "bob", BOB_PW)
     assert result.valid
 
 
-async def test_starttls_with_the_ca_verifies(slapd: Slapd, ldap_pki) -> None:  # noqa: F811
+async def test_starttls_with_the_ca_verifies(slapd: Slapd, ldap_pki: Pki) -> None:
     lookup = template(slapd.url, **{"tls.starttls": True, "tls.ca-file": str(ldap_pki.ca_cert)})
     assert (await check(lookup, "bob", BOB_PW)).valid
 

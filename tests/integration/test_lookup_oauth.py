@@ -10,8 +10,10 @@ from joserfc.jwk import ECKey, RSAKey
 from smtpgate.config.model import DirectorySettings
 from smtpgate.lookup.base import AuthResult, Credentials, Outcome
 from smtpgate.lookup.oauth import OAuthLookup
-from tests.fixtures.oauth_server import (AUDIENCE, CLIENT_ID, CLIENT_SECRET, ISSUER, OAuthServer,  # noqa: F401
-                                         _oauth_server_module, oauth_pki, oauth_server, oauth_tls_server)
+from tests.fixtures.oauth_server import AUDIENCE, CLIENT_ID, CLIENT_SECRET, ISSUER, OAuthServer
+from tests.fixtures.oauth_server import (_oauth_server_module, oauth_pki, oauth_server,  # noqa: F401  (fixtures)
+                                         oauth_tls_server)
+from tests.fixtures.slapd import Pki
 
 pytestmark = pytest.mark.service("oauth-http")
 
@@ -219,7 +221,7 @@ async def test_jwks_without_usable_keys_is_unavailable(oauth_server: OAuthServer
 
 # --------------------------------------------------------------------------- TLS to the provider
 
-async def test_https_provider_with_the_ca(oauth_tls_server: OAuthServer, oauth_pki) -> None:  # noqa: F811
+async def test_https_provider_with_the_ca(oauth_tls_server: OAuthServer, oauth_pki: Pki) -> None:
     lookup = jwt_lookup(oauth_tls_server, **{"tls.ca-file": str(oauth_pki.ca_cert)})
     assert (await check(lookup, oauth_tls_server.mint())).valid
 

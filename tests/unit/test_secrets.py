@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-import statistics
 import subprocess
 import threading
 import time
@@ -167,8 +166,8 @@ async def test_unknown_user_costs_like_a_known_one() -> None:
         t = time.perf_counter()
         assert not await secrets.verify(s, "wrong")
         return time.perf_counter() - t
-    known = statistics.median([await timed(stored) for _ in range(3)])
-    unknown = statistics.median([await timed(None) for _ in range(3)])
+    known = min([await timed(stored) for _ in range(3)])   # min: robust to load spikes
+    unknown = min([await timed(None) for _ in range(3)])
     assert 0.5 < unknown / known < 2.0, (known, unknown)
 
 

@@ -1,0 +1,141 @@
+"""Next hop: hand each message to ``remote/<id>`` (protocol ``lmtp`` or ``smtp``) within the session.
+
+The client's ``250`` is sent only after the next hop accepted the message; a next hop that is down,
+slow or refuses temporarily gives ``451 4.4.1`` / the remote's own 4xx, so the client keeps the message
+and retries -- nothing is acknowledged that is not stored somewhere.
+
+SMTP is all-or-nothing: recipients are checked with RCPT first and, unless every one is accepted, the
+transaction is reset and no DATA is sent (no partial deliveries that a retry would duplicate). LMTP
+reports one result per recipient after DATA (RFC 2033 §4.2); those results are passed back as they are.
+
+Hand-written on top of the remote lookups' :class:`~smtpgate.lookup.tlsclient.LineStream` rather than
+aiosmtplib: aiosmtplib has no LHLO and no per-recipient DATA replies, which LMTP needs, and one dialogue
+for both keeps timeouts and STARTTLS handling identical to the lookups'.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+
+from ..config.model import RemoteSettings
+from ..lookup.remote_smtp import _reply as read_reply
+from ..lookup.tlsclient import LineStream, RemoteProtocolError, client_context, describe_error
+from .base import Delivery, Envelope, RcptResult
+
+log = logging.getLogger("smtpgate.nexthop")
+
+_LINE_START_DOT = re.compile(rb"(?m)^\.")
+_BARE_LF = re.compile(rb"(?<!\r)\n")
+
+
+class NextHop(Delivery):
+    def __init__(self, remote: RemoteSettings, hostname: str):
+        self.remote = remote
+        self.hostname = hostname
+        self.lmtp = remote.protocol == "lmtp"
+        self._slots = asyncio.Semaphore(remote.concurrency)
+        self._tls = client_context(remote.tls) if (remote.tls.implicit or remote.tls.starttls) else None
+
+    async def deliver(self, envelope: Envelope) -> list[RcptResult]:
+        n = len(envelope.rcpt_to)
+        try:
+            async with self._slots:
+                async with asyncio.timeout(self.remote.timeout + len(envelope.data) / 1_000_000):
+                    return await self._transaction(envelope)
+        except (TimeoutError, OSError, RemoteProtocolError, Exception) as exc:  # noqa: BLE001
+            reason = "timeout" if isinstance(exc, TimeoutError) else describe_error(exc)
+            log.warning("next hop remote/%s failed for %s: %s", self.remote.id, envelope.queue_id, reason)
+            return [RcptResult(451, "4.4.1 Next hop unavailable, try again later")] * n
+
+    async def _transaction(self, env: Envelope) -> list[RcptResult]:
+        r = self.remote
+        stream = await LineStream.connect(r.address, r.port, self._tls if r.tls.implicit else None)
+        try:
+            code, _ = await read_reply(stream)
+            if code != 220:
+                return self._all(env, 451, "4.4.1 Next hop refused the connection")
+            hello = b"LHLO " if self.lmtp else b"EHLO "
+            await stream.send(hello + self.hostname.encode() + b"\r\n")
+            code, texts = await read_reply(stream)
+            if code != 250:
+                return self._all(env, 451, "4.4.1 Next hop did not accept our greeting")
+            if r.tls.starttls:
+                await stream.send(b"STARTTLS\r\n")
+                code, _ = await read_reply(stream)
+                if code != 220:
+                    return self._all(env, 451, "4.4.1 Next hop refused STARTTLS")
+                await stream.start_tls(self._tls)
+                await stream.send(hello + self.hostname.encode() + b"\r\n")
+                code, texts = await read_reply(stream)
+                if code != 250:
+                    return self._all(env, 451, "4.4.1 Next hop did not accept our greeting")
+            exts = {t.split(" ", 1)[0].upper() for t in texts[1:]}
+            mail = f"MAIL FROM:<{env.mail_from}>"
+            if "8BITMIME" in exts and (env.mail_params.get("BODY") or "").upper() == "8BITMIME":
+                mail += " BODY=8BITMIME"
+            if "AUTH" in exts and env.auth_param:
+                from ..protocol.commands import xtext_encode
+                mail += f" AUTH={xtext_encode(env.auth_param) if env.auth_param != '<>' else '<>'}"
+            await stream.send(mail.encode() + b"\r\n")
+            code, texts = await read_reply(stream)
+            if code != 250:
+                return self._all(env, code, _text(texts, code))
+            results: list[RcptResult | None] = []
+            for rcpt in env.rcpt_to:
+                await stream.send(f"RCPT TO:<{rcpt}>\r\n".encode())
+                code, texts = await read_reply(stream)
+                results.append(None if code == 250 else RcptResult(code, _text(texts, code)))
+            accepted = [i for i, res in enumerate(results) if res is None]
+            if not accepted or (not self.lmtp and len(accepted) != len(results)):
+                await stream.send(b"RSET\r\n")
+                await read_reply(stream)
+                worst = [res for res in results if res is not None]
+                if not self.lmtp:  # all-or-nothing: the accepted ones are retried with the rest
+                    tmp = any(400 <= res.code < 500 for res in worst)
+                    return [res or RcptResult(451 if tmp else 550,
+                                              "4.5.0 Message not sent: another recipient was refused" if tmp
+                                              else "5.5.0 Message not sent: another recipient was refused")
+                            for res in results]
+                return [res for res in results]  # type: ignore[misc]
+            await stream.send(b"DATA\r\n")
+            code, texts = await read_reply(stream)
+            if code != 354:
+                return self._all(env, code if code >= 400 else 451, _text(texts, code))
+            await stream.send(_stuff(env.data) + b".\r\n")
+            if self.lmtp:
+                for i in accepted:
+                    code, texts = await read_reply(stream)
+                    results[i] = RcptResult(code, _text(texts, code))
+            else:
+                code, texts = await read_reply(stream)
+                results = [RcptResult(code, _text(texts, code))] * len(results)
+            try:
+                await stream.send(b"QUIT\r\n")
+                await asyncio.wait_for(read_reply(stream), 1.0)
+            except (TimeoutError, OSError, RemoteProtocolError):
+                pass
+            return list(results)  # type: ignore[arg-type]
+        finally:
+            await stream.close()
+
+    @staticmethod
+    def _all(env: Envelope, code: int, text: str) -> list[RcptResult]:
+        if code < 400:
+            code = 451
+        return [RcptResult(code, text)] * len(env.rcpt_to)
+
+
+def _text(texts: list[str], code: int = 451) -> str:
+    text = " ".join(t.strip() for t in texts)[:400]
+    if re.match(r"^[245]\.\d{1,3}\.\d{1,3} ", text):
+        return text
+    return f"{code // 100}.0.0 Next hop said: {text}"
+
+
+def _stuff(data: bytes) -> bytes:
+    """CRLF line endings and dot-stuffing (RFC 5321 §4.5.2); always ends with CRLF."""
+    data = _BARE_LF.sub(b"\r\n", data)
+    if not data.endswith(b"\r\n"):
+        data += b"\r\n"
+    return _LINE_START_DOT.sub(b"..", data)

@@ -37,7 +37,7 @@ from joserfc.jwk import JWKRegistry, Key
 from joserfc.jws import JWSRegistry, extract_compact
 
 from ..config.model import DirectorySettings
-from .base import INVALID, AuthResult, Capability, Credentials, Lookup, Outcome, unavailable
+from .base import AuthResult, Capability, Credentials, Lookup, Outcome, unavailable
 
 log = logging.getLogger("smtpgate.lookup.oauth")
 
@@ -205,7 +205,7 @@ class OAuthLookup(Lookup):
 
         key = self._pick(await self._current_keys(), alg, kid)
         if key is None and time.monotonic() - self._last_attempt >= self._refresh_min:
-            key = self._pick(await self._refresh(force=True), alg, kid)
+            key = self._pick(await self._refresh(), alg, kid)
         if key is None:
             return None, "no key for the token's kid"
 
@@ -234,15 +234,15 @@ class OAuthLookup(Lookup):
 
     async def _current_keys(self) -> list[Key]:
         if self._keys is None:
-            return await self._refresh(force=True)
+            return await self._refresh()
         if time.monotonic() - self._keys_at > _JWKS_MAX_AGE:
             try:
-                return await self._refresh(force=False)
+                return await self._refresh()
             except _Unavailable as exc:
                 log.warning("%s: JWKS refresh failed, keeping the cached keys: %s", self.name, exc)
         return self._keys
 
-    async def _refresh(self, force: bool) -> list[Key]:
+    async def _refresh(self) -> list[Key]:
         generation = self._fetches
         async with self._fetch_lock:
             # Someone else fetched while we waited for the lock: use theirs.
@@ -262,7 +262,7 @@ class OAuthLookup(Lookup):
             finally:
                 self._fetches += 1     # counted when done, so everyone who queued behind us reuses it
             self._keys, self._keys_at = keys, time.monotonic()
-            log.debug("%s: loaded %d JWKS keys (forced=%s)", self.name, len(keys), force)
+            log.debug("%s: loaded %d JWKS keys", self.name, len(keys))
             return keys
 
     def _parse_jwks(self, body: Any) -> list[Key]:

@@ -6,6 +6,7 @@ Implementations are imported only when configured, so an unused backend costs no
 """
 from __future__ import annotations
 
+from ..config.errors import ConfigError
 from ..config.model import CacheSettings, Settings
 from ..config.schema import DIRECTORY_PREFIXES
 from .base import Lookup
@@ -20,18 +21,47 @@ def _cached(lookup: Lookup, cache: CacheSettings) -> Lookup:
     return wrapped
 
 
+def _config_error(prefix: str, exc: ValueError) -> ConfigError:
+    """Constructors raise ValueError("<option key>: <reason>") (or just a reason) for bad settings."""
+    text = str(exc)
+    key, sep, reason = text.partition(": ")
+    if sep and " " not in key:
+        return ConfigError(f"{prefix}.{key}", reason)
+    return ConfigError(prefix, text)
+
+
 def build(settings: Settings) -> dict[str, Lookup]:
+    """Construct every configured lookup (no I/O yet: ``start()`` opens connections)."""
+    try:
+        return _build(settings)
+    except _Bad as bad:
+        raise _config_error(bad.prefix, bad.exc) from None
+
+
+class _Bad(Exception):
+    def __init__(self, prefix: str, exc: ValueError):
+        self.prefix, self.exc = prefix, exc
+
+
+def _make(prefix: str, factory, *args):
+    try:
+        return factory(*args)
+    except ValueError as exc:
+        raise _Bad(prefix, exc) from None
+
+
+def _build(settings: Settings) -> dict[str, Lookup]:
     out: dict[str, Lookup] = {}
     if settings.lists:
         from .list import ListLookup
         for ident, ls in settings.lists.items():
-            lk = ListLookup(ls)
+            lk = _make(f"list.{ident}", ListLookup, ls)
             lk.name = f"list/{ident}"
             out[lk.name] = lk
     if settings.databases:
         from .sql import SqlDatabase
         for ident, db in settings.databases.items():
-            database = SqlDatabase(db)
+            database = _make(f"database.{ident}", SqlDatabase, db)
             for query in db.lookups:
                 lk = database.lookup(query)
                 lk.name = f"db/{ident}/{query}"
@@ -41,22 +71,22 @@ def build(settings: Settings) -> dict[str, Lookup]:
             continue
         if remote.protocol == "imap":
             from .imap import ImapLookup
-            lk = ImapLookup(remote)
+            lk = _make(f"remote.{ident}", ImapLookup, remote)
         else:
             from .remote_smtp import SmtpAuthLookup
-            lk = SmtpAuthLookup(remote)
+            lk = _make(f"remote.{ident}", SmtpAuthLookup, remote)
         lk.name = f"remote/{ident}"
         out[lk.name] = _cached(lk, remote.cache)
     for ident, d in settings.directories.items():
         if d.type == "internal":
             from .users import UserStoreLookup
-            lk = UserStoreLookup(d)
+            lk = _make(f"directory.{ident}", UserStoreLookup, d)
         elif d.type == "ldap":
             from .ldap import LdapLookup
-            lk = LdapLookup(d)
+            lk = _make(f"directory.{ident}", LdapLookup, d)
         else:
             from .oauth import OAuthLookup
-            lk = OAuthLookup(d)
+            lk = _make(f"directory.{ident}", OAuthLookup, d)
         lk.name = f"directory/{ident}"
         wrapped = _cached(lk, d.cache)
         out[lk.name] = wrapped

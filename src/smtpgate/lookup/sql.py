@@ -277,7 +277,11 @@ class SqlDatabase:
             # the worker thread is already running: let the open finish and close it, or it leaks
             opening.add_done_callback(lambda f: f.cancelled() or f.exception() or self._discard(conn))
             raise
-        await conn.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
+        try:
+            await conn.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
+        except BaseException:
+            self._discard(conn)
+            raise
         return conn
 
     async def _pg_pool(self) -> asyncpg.Pool:
