@@ -121,16 +121,16 @@ class ListenerSettings:         # [server.listener."<id>"]
     max_connections: int = 8192 # .max-connections
 
 
-@dataclass(slots=True)
 class SessionSettings:
-    """``session.*``: one :class:`Expr` per row of ``config.schema.SESSION_SETTINGS``."""
-    exprs: dict[str, Expr]
+    """``session.*``: one :class:`Expr` per row of ``config.schema.SESSION_SETTINGS``, as attributes
+    (``settings.session.auth_errors_wait``) -- plain attributes because they are read on every command."""
 
-    def __getattr__(self, name: str) -> Expr:
-        try:
-            return self.exprs[name]
-        except KeyError:
-            raise AttributeError(name) from None
+    def __init__(self, exprs: dict[str, Expr]):
+        self.exprs = exprs
+        self.__dict__.update(exprs)
+
+    def __repr__(self) -> str:
+        return f"SessionSettings({sorted(self.exprs)})"
 
 
 @dataclass(slots=True)

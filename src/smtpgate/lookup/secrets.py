@@ -327,9 +327,20 @@ async def verify(stored: str | None, password: str, *, decoy: str | None = None)
     except UnicodeEncodeError:
         pw = None
     if stored is None or pw is None:
+        if decoy is not None and _cheap(decoy):
+            return _check_decoy(decoy, pw if pw is not None else b"")
         await run_sync(_check_decoy, decoy, pw if pw is not None else b"")
         return False
+    if _cheap(stored):
+        return _check(stored, pw)
     return await run_sync(_check, stored, pw)
+
+
+def _cheap(stored: str) -> bool:
+    """Plaintext and single-digest schemes cost microseconds: a thread hop would cost more than the
+    check itself, so they run inline. Every KDF (crypt, bcrypt, argon2, PBKDF2) goes to the pool."""
+    scheme = _split(stored)[0]
+    return scheme == "" or scheme in _PLAIN or scheme in _DIGESTS
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ the work of each stage lives in its own module: ``connect``, ``ehlo``, ``starttl
 """
 from __future__ import annotations
 
+import functools
 import ipaddress
 from dataclasses import dataclass
 from typing import Any, Callable, Generator
@@ -217,6 +218,7 @@ class Session:
         return handler(self, arg)
 
 
+@functools.lru_cache(maxsize=4096)
 def _ip(text: str) -> Any:
     try:
         ip = ipaddress.ip_address(text.split("%", 1)[0])
