@@ -25,6 +25,9 @@ class Envelope:
     tls: str | None = None               # e.g. "TLSv1.3"
     queue_id: str = ""
     received_at: float = field(default_factory=time.time)
+    # True when the client hears one reply per recipient (an LMTP listener). Otherwise the message is one
+    # unit for the client, and a delivery should not accept it for some recipients while refusing others.
+    per_recipient: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,7 +40,9 @@ class RcptResult:
         return 200 <= self.code < 300
 
     def line(self) -> bytes:
-        return f"{self.code} {self.text}\r\n".encode()
+        # The text may come from an application or a next hop: it must not end the reply early.
+        text = self.text.replace("\r", " ").replace("\n", " ")
+        return f"{self.code} {text}\r\n".encode("utf-8", "replace")
 
 
 class Delivery:

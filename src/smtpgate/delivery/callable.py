@@ -2,8 +2,9 @@
 
     async def handle(envelope: Envelope) -> list[RcptResult] | RcptResult | None: ...
 
-``None`` or a single result applies to every recipient. An exception becomes a ``451`` (nothing is
-acknowledged that the application did not accept).
+``None`` or a single result applies to every recipient. An exception, or an answer that is not one
+result per recipient, becomes a ``451`` (nothing is acknowledged that the application did not accept).
+``envelope.per_recipient`` says whether the client hears each result (LMTP) or only the first refusal.
 """
 from __future__ import annotations
 
@@ -28,7 +29,15 @@ class CallableDelivery(Delivery):
         if result is None:
             result = RcptResult(250, f"2.0.0 Ok: accepted as {envelope.queue_id}")
         if isinstance(result, RcptResult):
-            return [result] * len(envelope.rcpt_to)
-        if len(result) != len(envelope.rcpt_to):
+            result = [result] * len(envelope.rcpt_to)
+        try:
+            results = list(result)
+        except TypeError:
+            results = []
+        if len(results) != len(envelope.rcpt_to) or not all(
+                isinstance(r, RcptResult) and 200 <= r.code < 600 for r in results):
+            logging.getLogger("smtpgate.delivery").error(
+                "application delivery handler returned %s for %d recipients; answering 451",
+                type(result).__name__, len(envelope.rcpt_to))
             return [RcptResult(451, "4.3.0 Delivery failed, try again later")] * len(envelope.rcpt_to)
-        return list(result)
+        return results

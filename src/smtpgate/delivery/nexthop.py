@@ -4,9 +4,12 @@ The client's ``250`` is sent only after the next hop accepted the message; a nex
 slow or refuses temporarily gives ``451 4.4.1`` / the remote's own 4xx, so the client keeps the message
 and retries -- nothing is acknowledged that is not stored somewhere.
 
-SMTP is all-or-nothing: recipients are checked with RCPT first and, unless every one is accepted, the
-transaction is reset and no DATA is sent (no partial deliveries that a retry would duplicate). LMTP
-reports one result per recipient after DATA (RFC 2033 §4.2); those results are passed back as they are.
+A message is all-or-nothing unless both sides speak per recipient: recipients are checked with RCPT
+first and, unless every one is accepted, the transaction is reset and no DATA is sent -- a client on an
+SMTP listener hears one reply for the whole message, so a partial delivery behind a failure reply would
+be duplicated when it resends. Only an LMTP next hop serving an LMTP listener (``Envelope.per_recipient``)
+passes on the accepted recipients and reports each refusal separately; after DATA an LMTP next hop
+answers per recipient (RFC 2033 §4.2) and those results are passed back as they are.
 
 Hand-written on top of the remote lookups' :class:`~smtpgate.lookup.tlsclient.LineStream` rather than
 aiosmtplib: aiosmtplib has no LHLO and no per-recipient DATA replies, which LMTP needs, and one dialogue
@@ -80,36 +83,41 @@ class NextHop(Delivery):
             await stream.send(mail.encode() + b"\r\n")
             code, texts = await read_reply(stream)
             if code != 250:
-                return self._all(env, code, _text(texts, code))
+                return self._all(env, _code(code), _text(texts, code))
             results: list[RcptResult | None] = []
             for rcpt in env.rcpt_to:
                 await stream.send(f"RCPT TO:<{rcpt}>\r\n".encode())
                 code, texts = await read_reply(stream)
-                results.append(None if code == 250 else RcptResult(code, _text(texts, code)))
+                results.append(None if code in (250, 251) else RcptResult(_code(code), _text(texts, code)))
             accepted = [i for i, res in enumerate(results) if res is None]
-            if not accepted or (not self.lmtp and len(accepted) != len(results)):
+            partial_ok = self.lmtp and env.per_recipient
+            if not accepted or (not partial_ok and len(accepted) != len(results)):
                 await stream.send(b"RSET\r\n")
                 await read_reply(stream)
-                worst = [res for res in results if res is not None]
-                if not self.lmtp:  # all-or-nothing: the accepted ones are retried with the rest
-                    tmp = any(400 <= res.code < 500 for res in worst)
-                    return [res or RcptResult(451 if tmp else 550,
-                                              "4.5.0 Message not sent: another recipient was refused" if tmp
-                                              else "5.5.0 Message not sent: another recipient was refused")
-                            for res in results]
-                return [res for res in results]  # type: ignore[misc]
+                # all-or-nothing: the accepted ones are refused too, temporarily if any refusal was. A client
+                # hearing one reply gets the refusal that decided it; one hearing each recipient is told why
+                # the accepted ones were not sent.
+                refused = [res for res in results if res is not None]
+                tmp = any(400 <= res.code < 500 for res in refused)
+                if env.per_recipient:
+                    collateral = RcptResult(451 if tmp else 550,
+                                            "4.5.0 Message not sent: another recipient was refused" if tmp
+                                            else "5.5.0 Message not sent: another recipient was refused")
+                else:
+                    collateral = next(res for res in refused if (400 <= res.code < 500) == tmp)
+                return [res or collateral for res in results]
             await stream.send(b"DATA\r\n")
             code, texts = await read_reply(stream)
             if code != 354:
-                return self._all(env, code if code >= 400 else 451, _text(texts, code))
+                return self._all(env, _code(code), _text(texts, code))
             await stream.send(_stuff(env.data) + b".\r\n")
             if self.lmtp:
                 for i in accepted:
                     code, texts = await read_reply(stream)
-                    results[i] = RcptResult(code, _text(texts, code))
+                    results[i] = RcptResult(_code(code), _text(texts, code))
             else:
                 code, texts = await read_reply(stream)
-                results = [RcptResult(code, _text(texts, code))] * len(results)
+                results = [RcptResult(_code(code), _text(texts, code))] * len(results)
             try:
                 await stream.send(b"QUIT\r\n")
                 await asyncio.wait_for(read_reply(stream), 1.0)
@@ -126,7 +134,16 @@ class NextHop(Delivery):
         return [RcptResult(code, text)] * len(env.rcpt_to)
 
 
+def _code(code: int) -> int:
+    """A next-hop reply code as our client may hear it. The next hop closing on us (421) is not our
+    client's connection closing: a plain temporary failure, like anything outside 2xx/4xx/5xx."""
+    if code == 421 or not 200 <= code < 600 or 300 <= code < 400:
+        return 451
+    return code
+
+
 def _text(texts: list[str], code: int = 451) -> str:
+    code = _code(code)
     text = " ".join(t.strip() for t in texts)[:400]
     if re.match(r"^[245]\.\d{1,3}\.\d{1,3} ", text):
         return text

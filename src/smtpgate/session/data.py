@@ -45,7 +45,7 @@ def _receive(s: "Session") -> Generator:
         data=received_header(s, queue_id) + result.body,
         mail_params=dict(s.mail_params), authenticated_as=s.auth_account, auth_param=s.auth_param,
         helo=s.helo or "", remote_ip=str(s.vars.remote_ip), listener=s.ctx.listener.id,
-        tls=s.tls.version if s.tls else None, queue_id=queue_id)
+        tls=s.tls.version if s.tls else None, queue_id=queue_id, per_recipient=s.ctx.lmtp)
     results = yield Deliver(env, s.ctx.settings.next_hop.evaluate(s.vars))
     s.reset_transaction()
     s.messages += 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..protocol import replies as R
-from ..protocol.commands import ParseError, parse_path_and_params, xtext_decode
+from ..protocol.commands import ParseError, parse_path, parse_path_and_params, xtext_decode
 
 if TYPE_CHECKING:
     from .machine import Session
@@ -42,12 +42,8 @@ def mail(s: "Session", arg: str) -> None:
                 s.reply(R.MAIL_BAD_PARAM)
                 return _undo(s)
         elif key == "AUTH":
-            try:
-                auth_param = xtext_decode(value or "")
-            except ParseError:
-                s.reply(R.MAIL_BAD_AUTH_PARAM)
-                return _undo(s)
-            if not auth_param:
+            auth_param = _auth_param(value)
+            if auth_param is None:
                 s.reply(R.MAIL_BAD_AUTH_PARAM)
                 return _undo(s)
         else:
@@ -65,6 +61,21 @@ def mail(s: "Session", arg: str) -> None:
     s.mail_params = params
     s.auth_param = auth_param
     s.reply(R.MAIL_OK)
+
+
+def _auth_param(value: str | None) -> str | None:
+    """RFC 4954 §5: ``AUTH=`` xtext of an addr-spec or ``<>``; None when malformed."""
+    if not value:
+        return None
+    try:
+        decoded = xtext_decode(value)
+        if decoded != "<>":
+            addr = parse_path(decoded)
+            if not addr.domain:
+                return None
+    except ParseError:
+        return None
+    return decoded
 
 
 def owns(s: "Session", address: str) -> bool:

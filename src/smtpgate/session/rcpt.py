@@ -5,14 +5,15 @@ smtpgate is never an open relay. A recipient is accepted when its domain is loca
 default: only once authenticated). Local parts that ask someone downstream to route again -- ``%``,
 ``!``, or a quoted ``@`` -- are refused unless relaying is allowed anyway, so a local domain cannot be
 used as a springboard. Source routes are stripped by the parser (RFC 5321 §4.1.2), so
-``<@a:b@c>`` is judged by ``c``.
+``<@a:b@c>`` is judged by ``c``. The relay decision comes before the parameters are looked at, so a
+relay attempt is answered as one whatever it carries.
 """
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Generator
 
 from ..protocol import replies as R
-from ..protocol.commands import ParseError, parse_path_and_params
+from ..protocol.commands import ParseError, parse_params, split_path
 from .machine import UNAVAILABLE, Contains
 
 if TYPE_CHECKING:
@@ -24,24 +25,20 @@ def rcpt(s: "Session", arg: str) -> Generator | None:
         s.reply(R.BAD_SEQUENCE_MAIL)
         return None
     try:
-        addr, params = parse_path_and_params(arg, "TO:")
+        addr, params_text = split_path(arg, "TO:")
     except ParseError as exc:
-        s.reply(R.RCPT_BAD_ADDRESS if str(exc) == "address" else
-                R.RCPT_BAD_PARAM if str(exc) == "param" else R.RCPT_SYNTAX)
+        s.reply(R.RCPT_BAD_ADDRESS if str(exc) == "address" else R.RCPT_SYNTAX)
         return None
     if not addr.domain:
         s.reply(R.RCPT_BAD_ADDRESS)  # <> is not a recipient (RFC 5321 allows only <postmaster>)
         return None
-    if params:
-        s.reply(R.RCPT_BAD_PARAM)
-        return None
     if len(s.rcpts) >= s.ctx.settings.session.rcpt_max_recipients.evaluate(s.vars):
         s.reply(R.RCPT_TOO_MANY)
         return None
-    return _check(s, addr)
+    return _check(s, addr, params_text)
 
 
-def _check(s: "Session", addr) -> Generator:
+def _check(s: "Session", addr, params_text: str) -> Generator:
     v = s.vars
     v.rcpt = addr.lower
     v.rcpt_domain = addr.domain
@@ -57,6 +54,13 @@ def _check(s: "Session", addr) -> Generator:
         if not local or _reroutes(addr.local):
             s.reply(R.RCPT_RELAY_DENIED)
             return
+    try:
+        unsupported = bool(parse_params(params_text))   # no RCPT parameter is advertised (no DSN)
+    except ParseError:
+        unsupported = True
+    if unsupported:
+        s.reply(R.RCPT_BAD_PARAM)
+        return
     if local and s.params.rcpt_addresses is not None:
         answer = yield Contains(s.params.rcpt_addresses, addr.lower)
         if answer is UNAVAILABLE:
