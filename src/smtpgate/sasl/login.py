@@ -34,6 +34,11 @@ class Login(StatefulMechanism):
         super().__init__()
         self._username = ""
 
+    @property
+    def claimed_user(self) -> str:
+        """The username once sent, for the AUTH log line when the client cancels at the password prompt."""
+        return self._username
+
     def start(self, initial: bytes | None) -> Action:
         self._expect("start", "start")
         if not initial:

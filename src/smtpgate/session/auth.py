@@ -11,7 +11,8 @@ Where each key acts:
 Order of checks for ``AUTH <mech> [ir]`` (first that applies wins): AUTH disabled (503) -> already
 authenticated (503) -> inside a mail transaction (503) -> no EHLO yet (503) -> missing mechanism (501)
 -> unknown / not offered / lookup can't verify it (504) -> cleartext-sensitive without TLS (538) ->
-initial response to a server-first mechanism (501 5.7.0) -> the exchange itself.
+initial response to a server-first mechanism (501 5.7.0) -> the exchange itself. "Not usable" (504) is
+decided before the TLS rule (538): 538 promises that the mechanism would work over TLS.
 """
 from __future__ import annotations
 
@@ -31,6 +32,10 @@ if TYPE_CHECKING:
     from .machine import Session
 
 log = logging.getLogger("smtpgate.auth")
+
+# RFC 4954 §4 sizes the authentication buffer at 12 288 octets of response (the base64 text, as Postfix's
+# smtpd_sasl_response_limit counts it); the reader's limits include the CRLF, hence the + 2.
+RESPONSE_LIMIT = SASL_LINE_LIMIT + 2
 
 
 def configured(s: "Session") -> tuple[str, ...]:
@@ -77,15 +82,14 @@ def auth(s: "Session", arg: str) -> Generator | None:
         s.reply(R.AUTH_SYNTAX)
         return None
     name = parts[0].upper()
-    if name not in mechs or name not in sasl.MECHANISM_NAMES:
+    # 504 for what could never run here (unknown, not configured, the lookup cannot verify it, -PLUS
+    # without channel binding) before 538, which tells the client that TLS would make it work.
+    if name not in mechs or name not in sasl.MECHANISM_NAMES or not _usable(s, name, allow_plain=True):
         s.reply(R.AUTH_UNSUPPORTED)
         return None
     if s.tls is None and sasl.cleartext_sensitive(name) and \
             not s.ctx.settings.session.auth_allow_plain_text.evaluate(s.vars):
         s.reply(R.AUTH_ENCRYPTION_REQUIRED)
-        return None
-    if not _usable(s, name):
-        s.reply(R.AUTH_UNSUPPORTED)
         return None
     initial = parts[1] if len(parts) == 2 else None
     mech = sasl.create(name, hostname=s.ctx.hostname,
@@ -95,6 +99,16 @@ def auth(s: "Session", arg: str) -> Generator | None:
         s.reply(R.AUTH_NO_INITIAL)
         return None
     return _exchange(s, name, mech, initial)
+
+
+def too_long(s: "Session", mechanism: str = "-") -> Generator | None:
+    """An ``AUTH`` command line longer than the authentication buffer (its initial response too big):
+    RFC 4954 §4 fails the AUTH command with 500 5.5.6, a counted failure (SPEC §4.2). For the dispatcher,
+    which alone can tell that the discarded line began with AUTH; ``mechanism`` is for the log line."""
+    if s.params.auth_lookup is None or not configured(s) or s.auth_account is not None or s.mail_from is not None:
+        s.reply(R.LINE_TOO_LONG)          # no AUTH exchange could have started: an ordinary long line
+        return None
+    return _fail(s, R.AUTH_LINE_TOO_LONG, mechanism.upper()[:20] or "-", "", "malformed")
 
 
 def _decode(text: bytes) -> bytes | None:
@@ -118,10 +132,12 @@ def _exchange(s: "Session", name: str, mech, initial: str | None) -> Generator:
     while True:
         if isinstance(action, Challenge):
             s.reply(b"334 " + base64.b64encode(action.data) + b"\r\n" if action.data else R.AUTH_EMPTY_CHALLENGE)
-            line = yield ReadLine(SASL_LINE_LIMIT)
+            line = yield ReadLine(RESPONSE_LIMIT)
             if line is None:            # client went away mid-exchange
                 s.closing = True
                 return
+            # LOGIN knows its user before the lookup sees it; log that name if the exchange fails here.
+            user = user or getattr(mech, "claimed_user", "")
             if line is TOO_LONG:
                 yield from _fail(s, R.AUTH_LINE_TOO_LONG, name, user, "malformed")
                 return
@@ -155,7 +171,7 @@ def _exchange(s: "Session", name: str, mech, initial: str | None) -> Generator:
             if action.final_data is not None:
                 # RFC 4954 §4: additional data with success goes in a 334; the client answers empty.
                 s.reply(b"334 " + base64.b64encode(action.final_data) + b"\r\n")
-                line = yield ReadLine(SASL_LINE_LIMIT)
+                line = yield ReadLine(RESPONSE_LIMIT)
                 if line is None:
                     s.closing = True
                     return
@@ -165,10 +181,18 @@ def _exchange(s: "Session", name: str, mech, initial: str | None) -> Generator:
                 if line not in (b"", b"="):
                     yield from _fail(s, R.AUTH_MALFORMED, name, action.account, "malformed")
                     return
-            s.auth_account = action.account
-            s.auth_addresses = frozenset(a.lower() for a in action.addresses)
+            if action.authzid:
+                # RFC 4616 §2: a granted authzid is who the client now *is* (like a Dovecot master user
+                # logging in as someone else): the session acts as that identity and owns its address only.
+                account = action.authzid
+                addresses = frozenset({account.lower()}) if "@" in account else frozenset()
+            else:
+                account = action.account
+                addresses = frozenset(a.lower() for a in action.addresses)
+            s.auth_account = account
+            s.auth_addresses = addresses
             s.auth_mechanism = name
-            s.vars.authenticated_as = action.account.lower()
+            s.vars.authenticated_as = account.lower()
             _log(s, name, action.account, "success")
             s.reply(R.AUTH_OK)
             return
