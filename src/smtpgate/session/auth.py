@@ -121,6 +121,7 @@ def _decode(text: bytes) -> bytes | None:
 def _exchange(s: "Session", name: str, mech, initial: str | None) -> Generator:
     lookup = s.params.auth_lookup
     user = ""
+    precounted = False   # an OAuth rejection already counted, logged and waited for (see Verify)
     if initial is None:
         action = mech.start(None)
     else:
@@ -139,14 +140,14 @@ def _exchange(s: "Session", name: str, mech, initial: str | None) -> Generator:
             # LOGIN knows its user before the lookup sees it; log that name if the exchange fails here.
             user = user or getattr(mech, "claimed_user", "")
             if line is TOO_LONG:
-                yield from _fail(s, R.AUTH_LINE_TOO_LONG, name, user, "malformed")
+                yield from _fail(s, R.AUTH_LINE_TOO_LONG, name, user, "malformed", precounted)
                 return
             if line == b"*":
-                yield from _fail(s, R.AUTH_CANCELLED, name, user, "cancelled")
+                yield from _fail(s, R.AUTH_CANCELLED, name, user, "cancelled", precounted)
                 return
             data = _decode(line)
             if data is None:
-                yield from _fail(s, R.AUTH_BAD_BASE64, name, user, "malformed")
+                yield from _fail(s, R.AUTH_BAD_BASE64, name, user, "malformed", precounted)
                 return
             action = mech.respond(data)
         elif isinstance(action, Verify):
@@ -159,6 +160,14 @@ def _exchange(s: "Session", name: str, mech, initial: str | None) -> Generator:
                 s.reply(R.AUTH_TEMPFAIL)
                 return
             action = mech.verified(result)
+            if result.outcome is Outcome.INVALID and isinstance(action, Challenge):
+                # OAuth error challenge (RFC 7628 §3.2.2): it already tells the client the token is bad,
+                # so count, log and wait *before* sending it -- a client that hangs up instead of
+                # answering must not get a free, unlogged token check.
+                s.auth_failures += 1
+                _log(s, name, user, "invalid")
+                yield Sleep(s.params.auth_errors_wait)
+                precounted = True
         elif isinstance(action, NeedSecret):
             user = action.username
             record = yield GetSecret(lookup, action.username)
@@ -176,10 +185,10 @@ def _exchange(s: "Session", name: str, mech, initial: str | None) -> Generator:
                     s.closing = True
                     return
                 if line == b"*":
-                    yield from _fail(s, R.AUTH_CANCELLED, name, action.account, "cancelled")
+                    yield from _fail(s, R.AUTH_CANCELLED, name, action.account, "cancelled", precounted)
                     return
                 if line not in (b"", b"="):
-                    yield from _fail(s, R.AUTH_MALFORMED, name, action.account, "malformed")
+                    yield from _fail(s, R.AUTH_MALFORMED, name, action.account, "malformed", precounted)
                     return
             if action.authzid:
                 # RFC 4616 §2: a granted authzid is who the client now *is* (like a Dovecot master user
@@ -202,19 +211,21 @@ def _exchange(s: "Session", name: str, mech, initial: str | None) -> Generator:
                 _log(s, name, user, "tempfail", action.detail)
                 s.reply(R.AUTH_TEMPFAIL)
             elif action.kind == "malformed":
-                yield from _fail(s, R.AUTH_MALFORMED, name, user, "malformed")
+                yield from _fail(s, R.AUTH_MALFORMED, name, user, "malformed", precounted)
             else:
-                yield from _fail(s, R.AUTH_INVALID, name, user, "invalid")
+                yield from _fail(s, R.AUTH_INVALID, name, user, "invalid", precounted)
             return
         else:  # pragma: no cover - the mechanism broke its contract
             raise TypeError(f"unexpected SASL action {action!r}")
 
 
-def _fail(s: "Session", reply: bytes, name: str, user: str, result: str) -> Generator:
-    """A counted failure: wait ``errors.wait`` (this session only), reply, disconnect at ``errors.total``."""
-    s.auth_failures += 1
-    _log(s, name, user, result)
-    yield Sleep(s.params.auth_errors_wait)
+def _fail(s: "Session", reply: bytes, name: str, user: str, result: str, counted: bool = False) -> Generator:
+    """A counted failure: wait ``errors.wait`` (this session only), reply, disconnect at ``errors.total``.
+    ``counted``: this attempt was already counted, logged and delayed (OAuth error challenge)."""
+    if not counted:
+        s.auth_failures += 1
+        _log(s, name, user, result)
+        yield Sleep(s.params.auth_errors_wait)
     s.reply(reply)
     if s.auth_failures >= s.params.auth_errors_total:
         s.close(R.AUTH_TOO_MANY)
