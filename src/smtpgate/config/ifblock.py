@@ -167,7 +167,8 @@ def _compile_test(key: str, var: str, op: str, value: Any, scope: Scope) -> Cond
         if not isinstance(value, str):
             raise ConfigError(key, "expected a regular expression string")
         try:
-            rx = re.compile(value)
+            # Domain-like variables are held lower-cased, so their patterns must ignore case to match.
+            rx = re.compile(value, re.IGNORECASE if var in _LOWERCASE_VARS else 0)
         except re.error as exc:
             raise ConfigError(key, f"invalid regular expression: {exc}") from None
         test = lambda ctx: rx.search(_text(getattr(ctx, attr))) is not None  # noqa: E731
@@ -177,9 +178,11 @@ def _compile_test(key: str, var: str, op: str, value: Any, scope: Scope) -> Cond
         if base != "eq":
             raise ConfigError(key, "'local-port' compares with eq/ne")
         try:
-            port = int(value)
+            port = int(value) if not isinstance(value, bool) else -1
         except (TypeError, ValueError):
-            raise ConfigError(key, f"invalid port {value!r}") from None
+            port = -1
+        if not 0 <= port <= 65535:
+            raise ConfigError(key, f"invalid port {value!r}")
         return (lambda ctx: getattr(ctx, attr) != port) if negate else (lambda ctx: getattr(ctx, attr) == port)
 
     if isinstance(value, bool) or not isinstance(value, (str, int)):

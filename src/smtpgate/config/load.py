@@ -7,6 +7,7 @@ key path. Nothing here opens sockets or starts anything.
 """
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import ssl
@@ -19,8 +20,8 @@ from .errors import ConfigError
 from .ifblock import MAIL, Scope, compile_setting
 from .model import (CacheSettings, CertificateSettings, DatabaseSettings, DirectorySettings, Expr, ListenerSettings,
                     ListenerTls, ListSettings, RemoteSettings, SessionSettings, Settings, TlsClientSettings)
-from .schema import (DIRECTORY_OPTIONS, DIRECTORY_PREFIXES, DIRECTORY_REQUIRED, SESSION_SETTINGS, TLS_PROTOCOLS,
-                     lookup_ref)
+from .schema import (DIRECTORY_OPTIONS, DIRECTORY_PREFIXES, DIRECTORY_REQUIRED, SESSION_KEYS, SESSION_SETTINGS,
+                     TLS_PROTOCOLS, lookup_ref)
 
 _ID = re.compile(r"^[A-Za-z0-9_-]+$")
 
@@ -108,15 +109,16 @@ class _Builder:
         remotes = self.remotes()
         directories = self.directories()
         lookups = self.lookup_names(lists, databases, remotes, directories)
-        scope = Scope(listeners, {k: frozenset(e.lower() for e in v.entries) for k, v in lists.items()}, lookups)
+        scope = Scope(listeners, {k: _members(v.entries) for k, v in lists.items()}, lookups)
         session = self.session(scope, lookups, remotes)
         queue_path = values.nonempty_string("queue.path", self.take("queue.path", "spool"))
         if not os.path.isabs(queue_path):
             queue_path = os.path.join(self.base_dir, queue_path)
         next_hop = self.next_hop(scope, remotes)
-        if self.flat:
-            key = next(iter(self.flat))
-            raise ConfigError(key, "unknown configuration key")
+        for key in self.flat:
+            # An empty table of a known section (a header whose keys are all commented out) is harmless.
+            if not (self.flat[key] == {} and _known_table(key)):
+                raise ConfigError(key, "unknown configuration key")
         return Settings(hostname=hostname, greeting=greeting, listeners=listeners, certificates=certificates,
                         session=session, lists=lists, databases=databases, remotes=remotes,
                         directories=directories, queue_path=queue_path, next_hop=next_hop,
@@ -142,19 +144,25 @@ class _Builder:
         t = ListenerTls(enable=parent.enable, implicit=parent.implicit, certificate=parent.certificate,
                         protocols=parent.protocols, timeout=parent.timeout,
                         ignore_client_order=parent.ignore_client_order)
-        if self.has(f"{prefix}.enable"):
+        # What this level says explicitly decides; implicit TLS or a certificate here implies TLS on.
+        enable_given = self.has(f"{prefix}.enable")
+        if enable_given:
             t.enable = values.boolean(f"{prefix}.enable", self.take(f"{prefix}.enable"))
         if self.has(f"{prefix}.implicit"):
             t.implicit = values.boolean(f"{prefix}.implicit", self.take(f"{prefix}.implicit"))
-            if t.implicit and not self.has(f"{prefix}.enable"):
+            if t.implicit:
+                if enable_given and not t.enable:
+                    raise ConfigError(f"{prefix}.implicit", "implicit TLS needs TLS enabled")
                 t.enable = True
         if self.has(f"{prefix}.certificate"):
             key = f"{prefix}.certificate"
             t.certificate = values.nonempty_string(key, self.take(key))
             if t.certificate not in certificates:
                 raise ConfigError(key, f"unknown certificate {t.certificate!r} (define [certificate.{t.certificate}])")
-            if not self.has(f"{prefix}.enable") and prefix == "server.tls":
+            if not enable_given:
                 t.enable = True
+        if not t.enable:
+            t.implicit = False
         if self.has(f"{prefix}.protocols"):
             key = f"{prefix}.protocols"
             protos = values.string_list(key, self.take(key))
@@ -189,8 +197,6 @@ class _Builder:
                     raise ConfigError(f"{base}.tls.certificate",
                                       "TLS is enabled but no certificate is configured" if not certificates
                                       else "several certificates exist: name one")
-            if tls.implicit and not tls.enable:
-                raise ConfigError(f"{base}.tls.implicit", "implicit TLS needs TLS enabled")
             hostname = self.take(f"{base}.hostname")
             greeting = self.take(f"{base}.greeting")
             max_conn = values.positive_int(f"{base}.max-connections", self.take(f"{base}.max-connections", 8192))
@@ -203,11 +209,19 @@ class _Builder:
             raise ConfigError("server.listener", "no listener defined")
         seen: dict[tuple[str, int], str] = {}
         for ident, listener in out.items():
-            for bind in listener.binds:
-                if bind in seen and bind[1] != 0:
+            for host, port in listener.binds:
+                if port == 0:
+                    continue            # ephemeral: the kernel picks distinct ports
+                # A wildcard of one family conflicts with every address of that family on the port
+                # (IPv6 sockets are V6ONLY, so 0.0.0.0:25 and [::]:25 coexist).
+                ip = ipaddress.ip_address(host)
+                clash = next((other for (h, p), other in seen.items() if p == port and (
+                    h == host or (ipaddress.ip_address(h).version == ip.version
+                                  and (ip.is_unspecified or ipaddress.ip_address(h).is_unspecified)))), None)
+                if clash is not None:
                     raise ConfigError(f"server.listener.{ident}.bind",
-                                      f"{bind[0]}:{bind[1]} is already bound by listener {seen[bind]!r}")
-                seen[bind] = ident
+                                      f"{host}:{port} is already bound by listener {clash!r}")
+                seen[(host, port)] = ident
         return out
 
     def lists(self) -> dict[str, ListSettings]:
@@ -360,13 +374,17 @@ class _Builder:
     def session(self, scope: Scope, lookups: dict[str, str], remotes) -> SessionSettings:
         exprs: dict[str, Expr] = {}
         for s in SESSION_SETTINGS:
-            present = [k for k in (s.key, *s.aliases) if self.has(k)]
+            present = [k for k in (s.key, *s.aliases)
+                       if self.has(k) or any(f.startswith(k + ".") for f in self.flat)]
             if len(present) > 1:
                 raise ConfigError(present[1], f"duplicates {present[0]} (they are aliases)")
             if not present:
                 exprs[s.attr] = Expr(s.key, value=s.default)
                 continue
             key = present[0]
+            if any(k.startswith(key + ".") for k in self.flat):
+                # e.g. require = { if = ..., then = ... }: an inline table flattened into sub-keys
+                raise ConfigError(key, "expected a value or an array of if-block rules, got a table")
             raw = self.take(key)
             parse = s.parse
             if s.lookup:
@@ -413,6 +431,36 @@ class _Builder:
                 raise ConfigError(k, f"remote {name[7:]!r} must use protocol smtp or lmtp to be a next hop")
             return name
         return compile_setting(key, self.take(key), parse, MAIL, scope)
+
+
+def _members(entries: list[str]) -> frozenset[str]:
+    """What in-list compares against: each entry, and for "user:secret" entries the name alone (as
+    list/<id> lookups answer membership). Both, because an IPv6 address also contains colons."""
+    out: set[str] = set()
+    for entry in entries:
+        out.add(entry.strip().lower())
+        name, colon, _ = entry.partition(":")
+        if colon and name.strip():
+            out.add(name.strip().lower())
+    return frozenset(out)
+
+
+#: Sections that may appear as empty tables; "*" stands for an id.
+_KNOWN_TABLES = ("server", "server.tls", "server.listener", "server.listener.*", "server.listener.*.tls",
+                 "certificate", "list", "database", "database.*.lookup", "database.*.cache", "database.*.cache.ttl",
+                 "remote", "remote.*.tls", "remote.*.cache", "remote.*.cache.ttl", "directory", "directory.*.*",
+                 "directory.*.cache.ttl", "queue", "queue.outbound")
+
+
+def _known_table(path: str) -> bool:
+    if any(k.startswith(path + ".") for k in SESSION_KEYS):
+        return True
+    parts = path.split(".")
+    for pattern in _KNOWN_TABLES:
+        pp = pattern.split(".")
+        if len(pp) == len(parts) and all(a == "*" or a == b for a, b in zip(pp, parts)):
+            return True
+    return False
 
 
 def _refuse_open_relay(expr: Expr) -> None:

@@ -12,6 +12,7 @@ from .errors import ConfigError
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNITS = {None: 0.001, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_PORT = re.compile(r"^[0-9]{1,5}$")
 _SIZE = re.compile(r"^\s*(\d+)\s*(b|kb|k|mb|m|gb|g)?\s*$", re.I)
 _SIZE_UNITS = {None: 1, "b": 1, "k": 1024, "kb": 1024, "m": 1024**2, "mb": 1024**2, "g": 1024**3, "gb": 1024**3}
 
@@ -105,12 +106,13 @@ def bind_address(key: str, raw: str) -> tuple[str, int]:
         if not sep or ":" in host:
             raise ConfigError(key, f"invalid bind address {raw!r} (expected \"ip:port\"; IPv6 as \"[::1]:587\")")
     try:
-        ipaddress.ip_address(host)
+        ip = ipaddress.ip_address(host)
     except ValueError:
         raise ConfigError(key, f"invalid IP address {host!r} in bind address") from None
-    if not port.isdigit() or not 0 <= int(port) <= 65535:
+    if not _PORT.match(port) or not 0 <= int(port) <= 65535:
         raise ConfigError(key, f"invalid port {port!r} in bind address")
-    return host, int(port)
+    # Normalised text, so "[0::1]:25" and "[::1]:25" are recognised as the same bind.
+    return str(ip), int(port)
 
 
 def binds(key: str, raw: Any) -> list[tuple[str, int]]:

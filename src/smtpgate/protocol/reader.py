@@ -6,8 +6,8 @@ ending, ``TOO_LONG`` for a line that exceeded the limit (its bytes are discarded
 a trailing CR is stripped.
 
 DATA is read by ``read_data(max_size)``: the message ends only at ``CRLF . CRLF`` -- never at ``LF . LF``
-or ``CR . CR`` (SMTP smuggling) -- and is dot-unstuffed. Beyond ``max_size`` the body is no longer kept,
-only scanned for its end, so an oversized message costs no memory.
+or ``CR . CR`` (SMTP smuggling) -- and is dot-unstuffed (RFC 5321 §4.5.2). Beyond ``max_size`` the body is
+no longer kept, only scanned for its end, so an oversized message costs no memory.
 """
 from __future__ import annotations
 
@@ -118,6 +118,8 @@ class LineReader:
         if self._data_big or size > self._data_max:
             self._data = None
             return DataResult(b"", size, True)
-        body = bytes(data[:body_len]).replace(b"\r\n..", b"\r\n.")[2:]
+        # RFC 5321 §4.5.2: a line's leading period is removed. Every CRLF "." left in the body starts such a
+        # line (the first CRLF "." CRLF was the end), including the first line thanks to the leading CRLF.
+        body = bytes(data[:body_len]).replace(b"\r\n.", b"\r\n")[2:]
         self._data = None
         return DataResult(body, size, False)

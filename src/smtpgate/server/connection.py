@@ -36,7 +36,7 @@ MAX_BUFFERED = 1 << 20          # stop reading from a client that pipelines fast
 
 class SmtpConnection(asyncio.Protocol):
     __slots__ = ("server", "ctx", "transport", "session", "reader", "gen", "want", "line_limit", "last_active",
-                 "started", "write_paused", "handle", "closed", "tls_pending", "reading_paused")
+                 "started", "write_paused", "handle", "closed", "reading_paused", "eof")
 
     def __init__(self, server: "Server", ctx: ListenerContext):
         self.server = server
@@ -51,7 +51,7 @@ class SmtpConnection(asyncio.Protocol):
         self.reading_paused = False
         self.handle: Any = None
         self.closed = False
-        self.tls_pending = False
+        self.eof = False
 
     # -- asyncio callbacks ---------------------------------------------------------------------------
     def connection_made(self, transport: Any) -> None:
@@ -75,8 +75,8 @@ class SmtpConnection(asyncio.Protocol):
         transport.write(self.session.greeting)
 
     def data_received(self, data: bytes) -> None:
-        if self.closed or self.session is None or self.tls_pending:
-            return  # cleartext bytes sent while STARTTLS is being set up are dropped (RFC 3207)
+        if self.closed or self.session is None:
+            return
         self.last_active = time.monotonic()
         reader = self.reader
         reader.feed(data)
@@ -101,6 +101,14 @@ class SmtpConnection(asyncio.Protocol):
             self.transport.pause_reading()
 
     def eof_received(self) -> bool:
+        """The client half-closed. Commands it already sent are still answered (``printf ... | nc -N``);
+        then the connection closes. TLS cannot stay half-open, so there the transport closes at once."""
+        self.eof = True
+        if self.closed or self.session is None:
+            return False
+        if self.want == BUSY:
+            # Work in flight: its answer and the replies to what is still buffered come first.
+            return self.transport.get_extra_info("ssl_object") is None
         if self.want in (LINE, DATA):
             self.want = None
             self._advance(None)
@@ -135,8 +143,7 @@ class SmtpConnection(asyncio.Protocol):
                 if gen is None:
                     if s.closing:
                         self._flush()
-                        self.transport.close()
-                        self.closed = True
+                        self._close()
                         return
                     if self.write_paused:
                         self._flush()
@@ -144,6 +151,9 @@ class SmtpConnection(asyncio.Protocol):
                     line = reader.next_line()
                     if line is None:
                         self._flush()
+                        if self.eof:
+                            self._close()
+                            return
                         if self.reading_paused:
                             self.reading_paused = False
                             self.transport.resume_reading()
@@ -160,7 +170,7 @@ class SmtpConnection(asyncio.Protocol):
                 kind = type(req)
                 if kind is ReadLine:
                     line = reader.next_line(req.limit)
-                    if line is None:
+                    if line is None and not self.eof:      # after EOF the handler gets None
                         self.want = LINE
                         self.line_limit = req.limit
                         self._flush()
@@ -169,11 +179,21 @@ class SmtpConnection(asyncio.Protocol):
                 elif kind is ReadData:
                     reader.start_data(req.max_size)
                     result = reader.read_data()
-                    if result is None:
+                    if result is None and not self.eof:
                         self.want = DATA
                         self._flush()
                         return
                     value = result
+                elif kind is StartTls:
+                    # RFC 3207: nothing the client pipelined behind STARTTLS in cleartext may be executed.
+                    # Drop what is buffered and stop reading the raw socket now, synchronously: from here
+                    # on only the TLS layer reads it, and what our data_received then gets is decrypted.
+                    self._flush()
+                    reader.clear()
+                    self.transport.pause_reading()
+                    self.want = BUSY
+                    self.handle = asyncio.get_running_loop().create_task(self._serve(req))
+                    return
                 elif kind is Sleep:
                     self._flush()
                     self.want = BUSY
@@ -237,24 +257,22 @@ class SmtpConnection(asyncio.Protocol):
         ctxt = self.server._ssl_contexts.get(self.ctx.listener.id)
         if ctxt is None:
             return None
-        self.reader.clear()          # pipelined cleartext after STARTTLS is never executed
-        self.tls_pending = True
         loop = asyncio.get_running_loop()
         try:
             transport = await loop.start_tls(self.transport, self, ctxt, server_side=True,
                                              ssl_handshake_timeout=self.ctx.listener.tls.timeout)
         except (OSError, asyncio.TimeoutError, ConnectionError, Exception) as exc:  # noqa: BLE001
             log.info("STARTTLS handshake failed from %s: %s", self.session.vars.remote_ip, type(exc).__name__)
-            self.tls_pending = False
             self.closed = True
             try:
                 self.transport.abort()
             except Exception:  # noqa: BLE001
                 pass
             return None
+        # No clear() here: the client may already have sent its first commands inside TLS, and the TLS
+        # layer may have handed them to data_received before this coroutine resumed.
         self.transport = transport
-        self.reader.clear()
-        self.tls_pending = False
+        self.reading_paused = False
         return tls_info(transport.get_extra_info("ssl_object"))
 
     # -- output --------------------------------------------------------------------------------------
@@ -270,8 +288,14 @@ class SmtpConnection(asyncio.Protocol):
         if self.session is not None:
             self._flush()
         self.transport.write(reply)
+        self._close()
+
+    def _close(self) -> None:
         self.transport.close()
         self.closed = True
+        # The session is over now. A TLS transport may linger until the peer answers close_notify (or
+        # the shutdown timeout passes); that must neither hold a max-connections slot nor delay a stop.
+        self.server._unregister(self)
 
     def expire(self, now: float) -> None:
         """Called by the server's sweeper: enforce session.timeout and session.duration."""
