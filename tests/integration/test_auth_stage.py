@@ -676,9 +676,6 @@ def test_pipelined_response_after_empty_challenge(srv):
     c.close()
 
 
-@pytest.mark.xfail(strict=True, reason="machine.py/reader.py: an over-long AUTH command line (initial response "
-                                       "beyond the buffer) gets the generic '500 5.5.6 Line too long' and is not "
-                                       "counted; RFC 4954 §4 / SPEC §4.2 make it a counted AUTH failure")
 def test_overlong_initial_response_is_a_counted_auth_failure(srv):
     c = session(srv, "starttls")
     _two_counted_failures(c)

@@ -385,8 +385,6 @@ def test_embedded_default(embedded):
     assert check.returncode == 0, check.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="lookup/users.py creates users.db lazily, on the first lookup, not when "
-                                      "serve starts")
 def test_embedded_default_creates_the_user_store(embedded):
     data, out = embedded
     assert "users.db" in out["files"]

@@ -129,9 +129,6 @@ def test_actual_size_enforced_after_the_dot(tmp_path: Path) -> None:
         assert msgs[0][1].endswith(body * 10) and msgs[1][1].endswith(b"ok\r\n")
 
 
-@pytest.mark.xfail(strict=True, reason="protocol/reader.py counts a pending '.' / '.\\r' of the end marker as "
-                                       "message octets: a message exactly at the limit whose final '.\\r\\n' "
-                                       "arrives in its own segment is refused with 552")
 def test_size_limit_independent_of_segmentation(tmp_path: Path) -> None:
     with run_server(CONFIG, tmp_path) as srv:
         c = ehlo(srv.port("smtp"))

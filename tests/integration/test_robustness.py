@@ -147,8 +147,6 @@ def test_over_long_command_lines(srv):
     healthy(srv)
 
 
-@pytest.mark.xfail(strict=True, reason="session/machine.py Session.handle looks the verb up before checking "
-                                      "the length: an unknown verb gets 500 5.5.2, not 5.5.6")
 def test_over_long_unknown_command(srv):
     c = Raw(srv.port("smtp"))
     # An over-long line is "too long" whatever its verb (the verb lookup must not come first).

@@ -29,7 +29,7 @@ from .base import Delivery, Envelope, RcptResult
 log = logging.getLogger("smtpgate.nexthop")
 
 _LINE_START_DOT = re.compile(rb"(?m)^\.")
-_BARE_LF = re.compile(rb"(?<!\r)\n")
+_BARE_EOL = re.compile(rb"\r(?!\n)|(?<!\r)\n")
 
 
 class NextHop(Delivery):
@@ -152,7 +152,9 @@ def _text(texts: list[str], code: int = 451) -> str:
 
 def _stuff(data: bytes) -> bytes:
     """CRLF line endings and dot-stuffing (RFC 5321 §4.5.2); always ends with CRLF."""
-    data = _BARE_LF.sub(b"\r\n", data)
+    # Bare CR / bare LF become CRLF: a next hop that took "\n.\n" for end of data could otherwise be
+    # smuggled a second message (we never end DATA on them ourselves).
+    data = _BARE_EOL.sub(b"\r\n", data)
     if not data.endswith(b"\r\n"):
         data += b"\r\n"
     return _LINE_START_DOT.sub(b"..", data)

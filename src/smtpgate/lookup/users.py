@@ -318,6 +318,8 @@ class UserStoreLookup(Lookup):
 
     async def start(self) -> None:
         await self.store.start()
+        # Create the schema now, so a fresh deployment has its users.db before the first login.
+        await self.store.ensure_schema()
 
     async def close(self) -> None:
         await self.store.close()

@@ -31,7 +31,8 @@ class DataResult:
 
 
 class LineReader:
-    __slots__ = ("_buf", "_pos", "_discarding", "_data", "_data_max", "_data_size", "_data_big", "total")
+    __slots__ = ("_buf", "_pos", "_discarding", "_data", "_data_max", "_data_size", "_data_big", "total",
+                 "too_long_head")
 
     def __init__(self) -> None:
         self._buf = bytearray()
@@ -42,6 +43,7 @@ class LineReader:
         self._data_size = 0
         self._data_big = False
         self.total = 0               # bytes received, for session.transfer-limit
+        self.too_long_head = b""     # first bytes of the last TOO_LONG line (is it an AUTH?)
 
     def feed(self, data: bytes) -> None:
         self.total += len(data)
@@ -65,7 +67,9 @@ class LineReader:
         idx = buf.find(b"\n", self._pos)
         if idx < 0:
             if len(buf) - self._pos > limit:
-                # Keep nothing of an over-long line: discard until its end arrives.
+                # Keep nothing of an over-long line (but its first bytes): discard until its end arrives.
+                if not self._discarding:
+                    self.too_long_head = bytes(buf[self._pos:self._pos + 32])
                 self._discarding = True
                 del buf[:]
                 self._pos = 0
@@ -84,6 +88,7 @@ class LineReader:
         if end > start and buf[end - 1] == 13:
             end -= 1
         if end - start > limit - 2:
+            self.too_long_head = bytes(buf[start:start + 32])
             return TOO_LONG
         return bytes(buf[start:end])
 
@@ -106,7 +111,8 @@ class LineReader:
         data += chunk
         idx = data.find(_EOD, scan_from)
         if idx < 0:
-            if self._data_big or len(data) - 2 > self._data_max:
+            # Beyond the leading CRLF, up to ".\r" of an end marker split across reads is not body yet.
+            if self._data_big or len(data) - 4 > self._data_max:
                 # Over the limit: stop keeping the body, keep only a tail long enough to spot the marker.
                 self._data_big = True
                 self._data_size += len(data) - 4

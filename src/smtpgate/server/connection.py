@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..lookup.base import AuthResult, LookupUnavailable, Outcome
 from ..protocol import replies as R
-from ..protocol.reader import LineReader
+from ..protocol.reader import TOO_LONG, LineReader
 from ..session.machine import (UNAVAILABLE, Authenticate, Contains, Deliver, GetSecret, ListenerContext, ReadData,
                                ReadLine, Session, Sleep, StartTls)
 from .tls import tls_info
@@ -158,7 +158,7 @@ class SmtpConnection(asyncio.Protocol):
                             self.reading_paused = False
                             self.transport.resume_reading()
                         return
-                    self.gen = s.handle(line)
+                    self.gen = s.handle(line, reader.too_long_head if line is TOO_LONG else b"")
                     value = None
                     continue
                 try:

@@ -181,8 +181,15 @@ class Session:
         return self.ctx.greeting
 
     # -- the dispatcher: which command may run when --------------------------------------------------
-    def handle(self, line: bytes | object) -> Generator | None:
+    def handle(self, line: bytes | object, too_long_head: bytes = b"") -> Generator | None:
+        """Dispatch one command line. ``TOO_LONG`` stands for a line the reader discarded; its first
+        bytes (``too_long_head``) tell whether it was an AUTH with an over-long initial response, which
+        RFC 4954 §4 makes a counted authentication failure."""
         if line is TOO_LONG:
+            if too_long_head[:5].upper() == b"AUTH ":
+                from . import auth
+                mech = too_long_head[5:].split(b" ", 1)[0].decode("ascii", "replace")
+                return auth.too_long(self, mech)
             self.reply(R.LINE_TOO_LONG)
             return None
         assert isinstance(line, bytes)
@@ -192,15 +199,15 @@ class Session:
         except UnicodeDecodeError:
             self.reply(R.SYNTAX)
             return None
+        limit = SASL_LINE_LIMIT if verb == "AUTH" else MAIL_LINE_LIMIT if verb in ("MAIL", "RCPT") else COMMAND_LINE_LIMIT
+        if len(line) > limit - 2:
+            self.reply(R.LINE_TOO_LONG)
+            return None
         entry = COMMANDS.get(verb)
         if entry is None:
             self.reply(R.SYNTAX)
             return None
         handler, flags = entry
-        limit = SASL_LINE_LIMIT if verb == "AUTH" else MAIL_LINE_LIMIT if verb in ("MAIL", "RCPT") else COMMAND_LINE_LIMIT
-        if len(line) > limit - 2:
-            self.reply(R.LINE_TOO_LONG)
-            return None
         if b"\x00" in line:
             self.reply(R.NUL_BYTE)
             return None

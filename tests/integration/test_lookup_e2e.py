@@ -1,0 +1,749 @@
+"""Every lookup kind end to end through the real SMTP server (issue 4), over real sockets.
+
+For each of ``list/<id>`` (plain and hashed), ``db/<id>/<query>`` (SQLite and PostgreSQL),
+``directory/<id>`` of type ldap (real slapd), oauth (real JWKS/introspection HTTP server) and internal
+(smtpgate's own store, SQLite and PostgreSQL): a real smtpgate (``tests.fixtures.server.run_server``) is
+configured with Stalwart-style TOML naming the lookup, and real clients log in -- raw sockets for exact
+replies, swaks or msmtp for a whole AUTH + message. What is checked, kind by kind:
+
+* valid credentials -> ``235``; wrong password / unknown user -> ``535`` (and those count toward
+  ``errors.total``);
+* the store unavailable (stopped server, closed port, locked database) -> ``454 4.7.0``, *not* counted:
+  three 454s in one session with ``errors.total = 3`` and the same session then logs in;
+* a black hole (accepts, never answers) -> ``454`` no later than the lookup's configured ``timeout``;
+* addresses the store knows are what ``must-match-sender`` allows in ``MAIL FROM``.
+
+``remote/<id>`` (IMAP and SMTP against a real Dovecot), caching, the seed's example and the 1,000-session
+burst are in ``test_e2e_remote.py``; the helpers below are shared with it.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import concurrent.futures
+import socket
+import sqlite3
+import subprocess
+import threading
+import time
+import urllib.parse
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import asyncpg
+import pytest
+
+from smtpgate.delivery.spool import read_message
+from smtpgate.lookup.users import UserStore
+from tests.fixtures.certs import make_pki
+from tests.fixtures.dovecot import black_hole  # noqa: F401  (fixture)
+from tests.fixtures.oauth_server import AUDIENCE, CLIENT_ID, CLIENT_SECRET, ISSUER, OAuthServer
+from tests.fixtures.oauth_server import _oauth_server_module, oauth_server  # noqa: F401  (fixtures)
+from tests.fixtures.postgres import pg_url  # noqa: F401  (fixture)
+from tests.fixtures.server import BASE_CONFIG, RunningServer, run_server
+from tests.fixtures.slapd import PEOPLE, SUFFIX, USERS as LDAP_USERS, Slapd
+from tests.fixtures.slapd import ldap_pki, slapd_private  # noqa: F401  (fixtures)
+from tests.smtpclient import Raw, client_tls
+from tests.support import free_port, need_binary
+
+OK = "235 2.7.0 Authentication succeeded."
+INVALID = "535 5.7.8 Authentication credentials invalid."
+TEMPFAIL = "454 4.7.0 Temporary authentication failure."
+TOO_MANY = "421 4.3.0 Too many authentication errors, disconnecting."
+NOT_OWNED = "550 5.7.1 Sender address not owned by authenticated user."
+RCPT = "rcpt@remote.example"
+SMTPGATE = "/work/main/.venv/bin/smtpgate"
+CLIENT_TIMEOUT = 30
+
+PASSWORD_MECHS = '["plain", "login"]'
+
+# ====================================================================================================
+# shared helpers (also used by test_e2e_remote.py)
+
+
+def gate_config(lookup: str, sections: str, *, mechanisms: str = PASSWORD_MECHS, wait: str = "20ms",
+                total: int = 3, extra_listeners: Iterable[str] = ("hole",)) -> str:
+    """BASE_CONFIG (smtp / submission STARTTLS / submissions implicit TLS) plus cleartext listeners
+    ``extra_listeners``, ``sections`` (the stores) and a ``[session.auth]`` naming ``lookup`` (a TOML
+    value: a quoted name or an if-block). Cleartext AUTH is allowed everywhere but on ``submission``,
+    which keeps the STARTTLS path honest."""
+    extra = "".join(f'\n[server.listener.{name}]\nbind = ["127.0.0.1:0"]\n' for name in extra_listeners)
+    return BASE_CONFIG + extra + sections + f"""
+[session.auth]
+mechanisms = {mechanisms}
+lookup = {lookup}
+require = true
+allow-plain-text = [ {{ if = "listener", eq = "submission", then = false }}, {{ else = true }} ]
+
+[session.auth.errors]
+total = {total}
+wait = "{wait}"
+"""
+
+
+def by_listener(default: str, **per_listener: str) -> str:
+    """An if-block choosing the lookup by listener id."""
+    rules = [f'{{ if = "listener", eq = "{lst}", then = "{name}" }}' for lst, name in per_listener.items()]
+    return "[ " + ", ".join(rules + [f'{{ else = "{default}" }}']) + " ]"
+
+
+def b64(data: str | bytes) -> str:
+    return base64.b64encode(data.encode() if isinstance(data, str) else data).decode()
+
+
+def connect(srv: RunningServer, listener: str) -> Raw:
+    """A session with EHLO done: STARTTLS first on ``submission``, implicit TLS on ``submissions``."""
+    ctx = client_tls(srv.ca_file)
+    c = Raw(srv.port(listener), tls=ctx if listener == "submissions" else None, timeout=CLIENT_TIMEOUT)
+    assert c.greeting.startswith("220 mx.test "), c.greeting
+    if listener == "submission":
+        assert c.cmd("EHLO client.test").startswith("250-")
+        assert c.cmd("STARTTLS").startswith("220 ")
+        c.starttls(ctx)
+    c.ehlo = c.cmd("EHLO client.test")  # type: ignore[attr-defined]
+    assert c.ehlo.startswith("250-mx.test says hello"), c.ehlo  # type: ignore[attr-defined]
+    return c
+
+
+def auth(c: Raw, user: str, secret: str, mech: str = "PLAIN") -> str:
+    """One AUTH exchange; returns the final reply. Token mechanisms acknowledge an error challenge."""
+    if mech == "PLAIN":
+        return c.cmd("AUTH PLAIN " + b64(f"\0{user}\0{secret}"))
+    if mech == "LOGIN":
+        assert c.cmd("AUTH LOGIN") == "334 VXNlcm5hbWU6"
+        assert c.cmd(b64(user)) == "334 UGFzc3dvcmQ6"
+        return c.cmd(b64(secret))
+    if mech == "OAUTHBEARER":
+        reply = c.cmd("AUTH OAUTHBEARER " + b64(f"n,a={user},\x01auth=Bearer {secret}\x01\x01"))
+        return c.cmd("AQ==") if reply.startswith("334 ") else reply
+    if mech == "XOAUTH2":
+        reply = c.cmd("AUTH XOAUTH2 " + b64(f"user={user}\x01auth=Bearer {secret}\x01\x01"))
+        return c.cmd("") if reply.startswith("334 ") else reply
+    raise ValueError(mech)
+
+
+def login(srv: RunningServer, listener: str, user: str, secret: str, mech: str = "PLAIN") -> str:
+    """A fresh session, one AUTH, QUIT; returns the AUTH reply."""
+    c = connect(srv, listener)
+    try:
+        return auth(c, user, secret, mech)
+    finally:
+        c.close()
+
+
+def parallel(fn: Callable[..., Any], calls: list[tuple]) -> list[Any]:
+    """Run blocking client calls side by side (stores such as Dovecot answer failures on a tick)."""
+    with concurrent.futures.ThreadPoolExecutor(max(1, len(calls))) as pool:
+        return list(pool.map(lambda args: fn(*args), calls))
+
+
+def timed(fn: Callable[..., Any], *args: Any) -> tuple[Any, float]:
+    started = time.monotonic()
+    result = fn(*args)
+    return result, time.monotonic() - started
+
+
+def assert_failures_counted(srv: RunningServer, listener: str, user: str, bad: str, mech: str = "PLAIN") -> None:
+    """Wrong credentials are counted: the third 535 is followed by 421 and the close."""
+    c = connect(srv, listener)
+    try:
+        assert auth(c, user, bad, mech) == INVALID
+        assert auth(c, user, bad, mech) == INVALID
+        assert auth(c, user, bad, mech) == INVALID
+        assert c.reply() == TOO_MANY
+        assert c.closed()
+    finally:
+        c.close()
+
+
+def assert_unavailable_not_counted(srv: RunningServer, listener: str, user: str, secret: str,
+                                   down: Callable[[], None], up: Callable[[], None], *,
+                                   mech: str = "PLAIN", bound: float | None = None,
+                                   recover: bool = True) -> list[float]:
+    """With the store down: three 454s in ONE session (errors.total = 3 would have closed it after three
+    counted failures), then the store comes back and the same session logs in (``recover=False``: the
+    session is only shown to be still open). Returns the 454 latencies (each checked against ``bound``)."""
+    c = connect(srv, listener)
+    down_done = False
+    try:
+        down()
+        down_done = True
+        latencies = []
+        for _ in range(3):
+            reply, elapsed = timed(auth, c, user, secret, mech)
+            assert reply == TEMPFAIL
+            latencies.append(elapsed)
+            if bound is not None:
+                assert elapsed < bound, (elapsed, bound)
+        assert c.cmd("NOOP").startswith("250 ")
+        up()
+        down_done = False
+        if recover:
+            assert auth(c, user, secret, mech) == OK
+        assert c.cmd("QUIT").startswith("221 ")
+    finally:
+        if down_done:
+            up()
+        c.close()
+    lines = [ln for ln in srv.logs if " auth listener=" in ln and "result=tempfail" in ln]
+    assert len(lines) >= 3 and all("failures=0" in ln for ln in lines[-3:]), lines
+    return latencies
+
+
+def assert_black_hole(srv: RunningServer, listener: str, user: str, secret: str, timeout: float,
+                      mech: str = "PLAIN") -> float:
+    """A store that accepts and never answers: 454 at the configured timeout, not later."""
+    reply, elapsed = timed(login, srv, listener, user, secret, mech)
+    assert reply == TEMPFAIL
+    # the TLS-free session setup costs milliseconds; the rest is the lookup waiting out its timeout
+    assert 0.8 * timeout <= elapsed < timeout + 0.6, elapsed
+    return elapsed
+
+
+def message(marker: str, sender: str) -> bytes:
+    return (f"From: <{sender}>\r\nTo: <{RCPT}>\r\nSubject: e2e {marker}\r\n"
+            f"Message-ID: <{marker}@client.test>\r\n\r\nbody {marker}\r\n").encode()
+
+
+def send(c: Raw, sender: str, marker: str) -> None:
+    """A whole transaction on an authenticated session."""
+    assert c.cmd(f"MAIL FROM:<{sender}>").startswith("250 "), sender
+    assert c.cmd(f"RCPT TO:<{RCPT}>").startswith("250 ")
+    assert c.cmd("DATA").startswith("354 ")
+    assert c.cmd(message(marker, sender) + b".\r\n").startswith("250 ")
+
+
+def spooled(srv: RunningServer) -> list[tuple[dict, bytes]]:
+    if not srv.spool.is_dir():
+        return []
+    return [read_message(str(p)) for p in sorted(srv.spool.iterdir())]
+
+
+def assert_spooled(srv: RunningServer, account: str, marker: str, sender: str | None = None,
+                   protocol: str = "ESMTPSA") -> None:
+    """Exactly one spooled message carries ``marker``, sent by ``account`` after AUTH (over TLS unless
+    ``protocol = "ESMTPA"``)."""
+    mine = [(env, data) for env, data in spooled(srv) if f"Subject: e2e {marker}\r\n".encode() in data]
+    assert len(mine) == 1, [e for e, _ in spooled(srv)]
+    env, data = mine[0]
+    assert env["authenticated_as"].lower() == account.lower(), env
+    assert env["rcpt_to"] == [RCPT]
+    if sender is not None:
+        assert env["mail_from"].lower() == sender.lower(), env
+    assert f"\twith {protocol} id ".encode() in data, data[:400]
+
+
+def run_client(argv: list[str], stdin: bytes | None = None) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(argv, input=stdin, capture_output=True, timeout=CLIENT_TIMEOUT)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, proc.stdout.decode("utf-8", "replace"),
+                                       proc.stderr.decode("utf-8", "replace"))
+
+
+def swaks(srv: RunningServer, listener: str, user: str, password: str, marker: str, *, mech: str = "PLAIN",
+          sender: str | None = None) -> subprocess.CompletedProcess[str]:
+    """swaks: AUTH + one message; STARTTLS on submission, implicit TLS on submissions, certificate checked."""
+    argv = [need_binary("swaks"), "--server", f"127.0.0.1:{srv.port(listener)}", "--helo", "client.test",
+            "--auth", mech, "--auth-user", user, "--auth-password", password,
+            "--from", sender or user, "--to", RCPT, "--header", f"Subject: e2e {marker}",
+            "--body", f"body {marker}", "--timeout", "20"]
+    if listener in ("submission", "submissions"):
+        argv += ["-tls" if listener == "submission" else "-tlsc", "--tls-verify", "--tls-ca-path", srv.ca_file]
+    return run_client(argv)
+
+
+def msmtp(srv: RunningServer, listener: str, user: str, secret: str, marker: str, tmp: Path, *,
+          mech: str = "plain", sender: str | None = None) -> subprocess.CompletedProcess[str]:
+    """msmtp: AUTH + one message. The secret goes through a file (--passwordeval), never argv."""
+    secret_file = tmp / f"secret-{marker}"
+    secret_file.write_text(secret)
+    argv = [need_binary("msmtp"), "--file=/dev/null", "--host=127.0.0.1", f"--port={srv.port(listener)}",
+            "--domain=client.test", f"--auth={mech}", f"--user={user}", f"--passwordeval=cat {secret_file}",
+            f"--from={sender or user}", "--timeout=20"]
+    if listener in ("submission", "submissions"):
+        argv += ["--tls=on", f"--tls-starttls={'on' if listener == 'submission' else 'off'}",
+                 f"--tls-trust-file={srv.ca_file}"]
+    else:
+        argv += ["--tls=off"]
+    return run_client(argv + ["--", RCPT], message(marker, sender or user))
+
+
+class Gate:
+    """A TCP forwarder in front of a real server that can be shut like a stopped server: its port then
+    refuses connections and every connection already forwarded is cut. ``open()`` listens again on the
+    same port. Threads, not asyncio: the test's own client calls block."""
+
+    def __init__(self, upstream_port: int, host: str = "127.0.0.1"):
+        self.host, self.upstream_port = host, upstream_port
+        self.port = free_port(host)
+        self._lock = threading.Lock()
+        self._conns: set[socket.socket] = set()
+        self._listener: socket.socket | None = None
+        self.open()
+
+    def open(self) -> None:
+        if self._listener is not None:
+            return
+        self._listener = socket.create_server((self.host, self.port), backlog=128)
+        threading.Thread(target=self._accept, args=(self._listener,), daemon=True, name="gate").start()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection((self.host, self.upstream_port), timeout=5)
+                upstream.settimeout(None)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._conns.update((client, upstream))
+            for src, dst in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def shut(self) -> None:
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            try:
+                listener.shutdown(socket.SHUT_RDWR)   # wakes the blocked accept()
+            except OSError:
+                pass
+            listener.close()
+        with self._lock:
+            conns, self._conns = self._conns, set()
+        for s in conns:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
+
+    close = shut
+
+
+def doveadm_pw(scheme: str, password: str) -> str:
+    return subprocess.run([need_binary("doveadm"), "pw", "-s", scheme, "-p", password], check=True,
+                          capture_output=True, text=True, timeout=30).stdout.strip()
+
+
+def with_port(url: str, port: int) -> str:
+    parts = urllib.parse.urlsplit(url)
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{parts.username}@{parts.hostname}:{port}"))
+
+
+# ====================================================================================================
+# list/<id>
+
+LIST_PLAIN = ("john@example.org", "Plain pw: with spaces")
+
+
+@pytest.fixture(scope="module")
+def list_users() -> dict[str, tuple[str, str]]:
+    """user -> (password, stored form): plaintext and hashes written by real tools."""
+    bcrypt_line = run_client([need_binary("htpasswd"), "-nbB", "bcrypt@example.org", "bcrypt-pw"]).stdout.strip()
+    return {
+        LIST_PLAIN[0]: (LIST_PLAIN[1], LIST_PLAIN[1]),
+        "crypt@example.org": ("crypt-pw", doveadm_pw("SHA512-CRYPT", "crypt-pw")),
+        "argon@example.org": ("argon-pw", doveadm_pw("ARGON2ID", "argon-pw")),
+        "ssha@example.org": ("ssha-pw", doveadm_pw("SSHA256", "ssha-pw")),
+        "bcrypt@example.org": ("bcrypt-pw", bcrypt_line.split(":", 1)[1]),
+    }
+
+
+def test_list_plain_and_hashed(tmp_path: Path, list_users: dict[str, tuple[str, str]]) -> None:
+    entries = ", ".join(f'"{u}:{stored}"' for u, (_, stored) in list_users.items())
+    with run_server(gate_config('"list/users"', f"\n[list]\nusers = [{entries}]\n", extra_listeners=()),
+                    tmp_path) as srv:
+        good = [(srv, "submission", u, pw, mech) for (u, (pw, _)), mech in
+                zip(list_users.items(), ["PLAIN", "LOGIN"] * 3)]
+        good += [(srv, "submissions", u, pw, "PLAIN") for u, (pw, _) in list_users.items()]
+        assert parallel(login, good) == [OK] * len(good)
+        bad = [(srv, "smtp", u, pw + "x") for u, (pw, _) in list_users.items()]
+        bad += [(srv, "smtp", "nobody@example.org", LIST_PLAIN[1]),
+                (srv, "submissions", "argon@example.org", "ARGON-PW")]
+        assert parallel(login, bad) == [INVALID] * len(bad)
+        assert_failures_counted(srv, "smtp", "argon@example.org", "wrong")
+
+        # A whole message each: the plaintext user with swaks over STARTTLS, a hashed one over 465.
+        r = swaks(srv, "submission", *LIST_PLAIN, "list-plain")
+        assert r.returncode == 0, r.stdout + r.stderr
+        r = swaks(srv, "submissions", "crypt@example.org", "crypt-pw", "list-hashed", mech="LOGIN")
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert_spooled(srv, LIST_PLAIN[0], "list-plain")
+        assert_spooled(srv, "crypt@example.org", "list-hashed")
+        r = swaks(srv, "submission", "crypt@example.org", "wrong", "list-refused")
+        assert r.returncode == 28, r.stdout + r.stderr     # swaks: authentication failed
+    # A list is held in memory: it cannot be "unavailable", so it has no 454 / black-hole case.
+
+
+# ====================================================================================================
+# db/<id>/<query>
+
+DB_QUERY = "SELECT secret, addresses FROM users WHERE name = ?"
+DB_JOHN = ("john@example.org", "john db pw")
+DB_PLAIN = ("plain@example.org", "plain-db-pw")
+
+
+def db_sections(address: str, *, hole_url: str | None = None, timeout: str = "1s") -> str:
+    out = f"""
+[database.sql]
+address = "{address}"
+timeout = "{timeout}"
+concurrency = 4
+lookup.auth = "{DB_QUERY}"
+"""
+    if hole_url:
+        out += f"""
+[database.hole]
+address = "{hole_url}"
+timeout = "500ms"
+lookup.auth = "{DB_QUERY}"
+"""
+    return out
+
+
+def make_sqlite_db(path: Path) -> None:
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE users (name TEXT PRIMARY KEY, secret TEXT, addresses TEXT)")
+        db.executemany("INSERT INTO users VALUES (?, ?, ?)", [
+            (DB_JOHN[0], doveadm_pw("SSHA512", DB_JOHN[1]), "J.Doe@example.org, postmaster@example.org"),
+            (DB_PLAIN[0], DB_PLAIN[1], None),
+        ])
+    db.close()
+
+
+async def make_pg_db(url: str) -> None:
+    conn = await asyncpg.connect(url, timeout=5)
+    try:
+        await conn.execute("CREATE TABLE users (name TEXT PRIMARY KEY, secret TEXT, addresses TEXT[])")
+        await conn.executemany("INSERT INTO users VALUES ($1, $2, $3)", [
+            (DB_JOHN[0], doveadm_pw("SHA512-CRYPT", DB_JOHN[1]), ["J.Doe@example.org", "postmaster@example.org"]),
+            (DB_PLAIN[0], DB_PLAIN[1], None),
+        ])
+    finally:
+        await conn.close()
+
+
+def check_db_logins_and_sender(srv: RunningServer, marker: str) -> None:
+    assert parallel(login, [(srv, "submission", *DB_JOHN), (srv, "submissions", *DB_PLAIN, "LOGIN"),
+                            (srv, "smtp", DB_JOHN[0], DB_PLAIN[1]), (srv, "smtp", "nobody@example.org", "x"),
+                            (srv, "smtp", DB_JOHN[0].upper(), DB_JOHN[1])]) \
+        == [OK, OK, INVALID, INVALID, INVALID]      # the query matches names as typed
+
+    # must-match-sender: the login and the `addresses` column, nothing else
+    c = connect(srv, "submission")
+    try:
+        assert auth(c, *DB_JOHN) == OK
+        assert c.cmd("MAIL FROM:<someone.else@example.org>") == NOT_OWNED
+        assert c.cmd(f"MAIL FROM:<{DB_PLAIN[0]}>") == NOT_OWNED
+        assert c.cmd("MAIL FROM:<j.doe@EXAMPLE.org>").startswith("250 ")
+        assert c.cmd("RSET").startswith("250 ")
+        send(c, "postmaster@example.org", marker + "-raw")
+    finally:
+        c.close()
+    c = connect(srv, "submissions")
+    try:
+        assert auth(c, *DB_PLAIN) == OK       # no addresses column value: owns only its login
+        assert c.cmd("MAIL FROM:<j.doe@example.org>") == NOT_OWNED
+    finally:
+        c.close()
+    r = swaks(srv, "submission", *DB_JOHN, marker, sender="J.Doe@example.org")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert_spooled(srv, DB_JOHN[0], marker, sender="J.Doe@example.org")
+    assert_spooled(srv, DB_JOHN[0], marker + "-raw", sender="postmaster@example.org")
+
+
+def test_db_sqlite(tmp_path: Path) -> None:
+    path = tmp_path / "auth.db"
+    make_sqlite_db(path)
+    with run_server(gate_config('"db/sql/auth"', db_sections(f"sqlite://{path}", timeout="400ms")),
+                    tmp_path) as srv:
+        check_db_logins_and_sender(srv, "db-sqlite")
+
+        # Unavailable: another process holds an exclusive lock (rollback journal), so every read waits
+        # out the lookup's timeout -- the "slow store" case, answered 454 at the timeout and not counted.
+        locker = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        try:
+            latencies = assert_unavailable_not_counted(
+                srv, "smtp", *DB_JOHN, down=lambda: locker.execute("BEGIN EXCLUSIVE"),
+                up=lambda: locker.execute("ROLLBACK"), bound=0.4 + 0.6)
+        finally:
+            locker.close()
+        assert min(latencies) >= 0.3, latencies
+
+
+@pytest.mark.service("postgres")
+def test_db_postgres(tmp_path: Path, pg_url: str, black_hole) -> None:
+    asyncio.run(make_pg_db(pg_url))
+    gate = Gate(urllib.parse.urlsplit(pg_url).port or 5432)
+    try:
+        config = gate_config(by_listener("db/sql/auth", hole="db/hole/auth"),
+                             db_sections(with_port(pg_url, gate.port), hole_url=with_port(pg_url, black_hole.port)))
+        with run_server(config, tmp_path) as srv:
+            check_db_logins_and_sender(srv, "db-pg")
+            # PostgreSQL "stopped": its port refuses connections and the pooled connections are cut.
+            assert_unavailable_not_counted(srv, "smtp", *DB_JOHN, down=gate.shut, up=gate.open, bound=1.5)
+            # each 454 logged with the reason: a cut pooled connection, then refused connects
+            reasons = [ln.split(" reason=", 1)[-1] for ln in srv.logs if "result=tempfail" in ln]
+            assert len(reasons) == 3 and all(r.startswith(('"ConnectionRefusedError', '"ConnectionDoesNotExist'))
+                                             for r in reasons), reasons
+            assert_black_hole(srv, "hole", *DB_JOHN, timeout=0.5)
+    finally:
+        gate.close()
+
+
+# ====================================================================================================
+# directory/<id> type = "ldap"
+
+def ldap_sections(slapd: Slapd, ca: Path, hole_port: int) -> str:
+    return f"""
+[directory.ldap]
+type = "ldap"
+url = "{slapd.url}"
+tls.starttls = true
+tls.ca-file = "{ca}"
+bind.dn-template = "uid={{local}},{PEOPLE}"
+attributes.address = ["mail", "mailLocalAddress"]
+timeout = "2s"
+
+[directory.ldaps]
+type = "ldap"
+url = "{slapd.ldaps_url}"
+tls.ca-file = "{ca}"
+search.base-dn = "{SUFFIX}"
+search.filter = "(&(objectClass=inetOrgPerson)(|(uid={{user}})(mail={{user}})))"
+attributes.name = "uid"
+timeout = "2s"
+
+[directory.hole]
+type = "ldap"
+url = "ldap://127.0.0.1:{hole_port}"
+bind.dn-template = "uid={{local}},{PEOPLE}"
+timeout = "500ms"
+"""
+
+
+@pytest.mark.service("slapd")
+def test_directory_ldap(tmp_path: Path, slapd_private: Slapd, ldap_pki, black_hole) -> None:
+    alice_pw, bob_pw = LDAP_USERS["alice"][0], LDAP_USERS["bob"][0]
+    lookup = by_listener("directory/ldap", submissions="ldap/ldaps", hole="directory/hole")
+    with run_server(gate_config(lookup, ldap_sections(slapd_private, ldap_pki.ca_cert, black_hole.port)),
+                    tmp_path) as srv:
+        assert parallel(login, [
+            (srv, "submission", "alice", alice_pw), (srv, "submission", "bob", bob_pw, "LOGIN"),
+            (srv, "submissions", "alice@example.org", alice_pw),       # search by mail, then bind
+            (srv, "submissions", "bob", bob_pw, "LOGIN"),
+            (srv, "smtp", "alice", bob_pw), (srv, "smtp", "nobody", alice_pw), (srv, "smtp", "alice", "x", "LOGIN"),
+            (srv, "submissions", "carol@example.org", alice_pw),
+        ]) == [OK] * 4 + [INVALID] * 4
+
+        # The addresses LDAP lists for the user (mail + mailLocalAddress, read bound as alice).
+        c = connect(srv, "submission")
+        try:
+            assert auth(c, "alice", alice_pw) == OK
+            assert c.cmd("MAIL FROM:<bob@example.org>") == NOT_OWNED
+            assert c.cmd("MAIL FROM:<A.Liddell@example.org>").startswith("250 ")
+        finally:
+            c.close()
+        r = swaks(srv, "submission", "alice", alice_pw, "ldap", sender="postmaster@example.org")
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert_spooled(srv, "alice", "ldap", sender="postmaster@example.org")
+        r = msmtp(srv, "submissions", "bob", bob_pw, "ldaps", tmp_path, mech="login", sender="bob@example.org")
+        assert r.returncode == 0, r.stderr
+        assert_spooled(srv, "bob", "ldaps")
+
+        assert_failures_counted(srv, "smtp", "alice", "wrong")
+        assert_black_hole(srv, "hole", "alice", alice_pw, timeout=0.5)
+        # slapd stopped: 454, not counted (recovery: the next test)
+        assert_unavailable_not_counted(srv, "smtp", "alice", alice_pw, down=slapd_private.stop,
+                                       up=slapd_private.start, bound=2.6, recover=False)
+
+
+LDAP3_AVAILABILITY_BUG = (
+    "src/smtpgate/lookup/ldap.py:145 builds ldap3.Server with the default mode IP_V6_PREFERRED: after one "
+    "refused connect ldap3 marks the address unavailable for RESET_AVAILABILITY_TIMEOUT (5 s, i.e. ~6 s), and "
+    "every login meanwhile gets 454 'invalid server address' although slapd is back. Fix: pass "
+    "mode=IP_SYSTEM_DEFAULT, or call self._server.reset_availability() before each connection.")
+
+
+@pytest.mark.service("slapd")
+@pytest.mark.xfail(strict=True, reason=LDAP3_AVAILABILITY_BUG)
+def test_directory_ldap_back_after_restart(tmp_path: Path, slapd_private: Slapd, ldap_pki, black_hole) -> None:
+    alice_pw = LDAP_USERS["alice"][0]
+    with run_server(gate_config('"directory/ldap"', ldap_sections(slapd_private, ldap_pki.ca_cert, black_hole.port)),
+                    tmp_path) as srv:
+        assert login(srv, "smtp", "alice", alice_pw) == OK
+        assert_unavailable_not_counted(srv, "smtp", "alice", alice_pw, down=slapd_private.stop,
+                                       up=slapd_private.start, bound=2.6)
+
+
+# ====================================================================================================
+# directory/<id> type = "oauth"
+
+OAUTH_MECHS = '["oauthbearer", "xoauth2"]'
+OAUTH_USER = "alice@example.org"     # the fixture's "email" claim
+
+
+def oauth_sections(server: OAuthServer, hole_port: int) -> str:
+    return f"""
+[directory.oauth]
+type = "oauth"
+jwks-url = "{server.jwks_url}"
+issuer = "{ISSUER}"
+audience = "{AUDIENCE}"
+timeout = "2s"
+
+[directory.intro]
+type = "oauth"
+introspection.url = "{server.introspection_url}"
+introspection.client-id = "{CLIENT_ID}"
+introspection.client-secret = "{CLIENT_SECRET}"
+timeout = "2s"
+
+[directory.hole]
+type = "oauth"
+jwks-url = "http://127.0.0.1:{hole_port}/jwks"
+issuer = "{ISSUER}"
+audience = "{AUDIENCE}"
+timeout = "500ms"
+"""
+
+
+@pytest.mark.service("oauth-http")
+def test_directory_oauth(tmp_path: Path, oauth_server: OAuthServer, black_hole) -> None:
+    lookup = by_listener("oauth/oauth", intro="directory/intro", hole="directory/hole")
+    config = gate_config(lookup, oauth_sections(oauth_server, black_hole.port), mechanisms=OAUTH_MECHS,
+                         extra_listeners=("intro", "hole"))
+    with run_server(config, tmp_path) as srv:
+        # The provider is down before smtpgate ever fetched its keys: 454, not counted; then it is back.
+        token = oauth_server.mint()
+        assert_unavailable_not_counted(srv, "smtp", OAUTH_USER, token, down=oauth_server.down,
+                                       up=oauth_server.up, mech="OAUTHBEARER", bound=2.6)
+        assert oauth_server.jwks_hits == 1
+
+        now = int(time.time())
+        assert parallel(login, [
+            (srv, "submission", OAUTH_USER, oauth_server.mint(), "OAUTHBEARER"),
+            (srv, "submissions", OAUTH_USER, oauth_server.mint(key=oauth_server.ec), "XOAUTH2"),
+            (srv, "smtp", OAUTH_USER, oauth_server.mint(exp=now - 3600), "OAUTHBEARER"),
+            (srv, "smtp", OAUTH_USER, oauth_server.mint(aud="another-app"), "XOAUTH2"),
+            (srv, "smtp", "bob@example.org", oauth_server.mint(), "OAUTHBEARER"),   # someone else's token
+            (srv, "smtp", OAUTH_USER, oauth_server.mint_alg_none(), "OAUTHBEARER"),
+        ]) == [OK, OK] + [INVALID] * 4
+
+        # A rejected token gets RFC 7628's JSON error challenge first.
+        c = connect(srv, "smtp")
+        try:
+            forged = oauth_server.mint_hs256_with_public_key()
+            challenge = c.cmd("AUTH OAUTHBEARER " + b64(f"n,,\x01auth=Bearer {forged}\x01\x01"))
+            assert challenge.startswith("334 ")
+            assert b'"status":"invalid_token"' in base64.b64decode(challenge[4:]).replace(b" ", b"")
+            assert c.cmd("AQ==") == INVALID
+        finally:
+            c.close()
+
+        for mech, listener, marker in (("oauthbearer", "submission", "oauth-ob"), ("xoauth2", "submissions", "oauth-x2")):
+            r = msmtp(srv, listener, OAUTH_USER, oauth_server.mint(), marker, tmp_path, mech=mech)
+            assert r.returncode == 0, r.stderr
+            assert_spooled(srv, OAUTH_USER, marker)
+        r = msmtp(srv, "submission", OAUTH_USER, oauth_server.mint(exp=now - 3600), "oauth-no", tmp_path,
+                  mech="oauthbearer")
+        assert r.returncode == 77, r.stderr       # msmtp: authentication failed
+
+        # RFC 7662 introspection: every token is asked about, so "down" is visible at once.
+        oauth_server.register_opaque("opaque-token-1", active=True, username=OAUTH_USER)
+        assert login(srv, "intro", OAUTH_USER, "opaque-token-1", "XOAUTH2") == OK
+        assert login(srv, "intro", OAUTH_USER, "opaque-token-2", "OAUTHBEARER") == INVALID
+        assert_unavailable_not_counted(srv, "intro", OAUTH_USER, "opaque-token-1", down=oauth_server.down,
+                                       up=oauth_server.up, mech="XOAUTH2", bound=2.6)
+        assert_black_hole(srv, "hole", OAUTH_USER, oauth_server.mint(), timeout=0.5, mech="OAUTHBEARER")
+
+
+# ====================================================================================================
+# directory/<id> type = "internal" (smtpgate's own user store)
+
+STORE_CLI_USER = ("carol@example.org", "Carol's pw 1")        # created with `smtpgate user add`
+STORE_API_USER = ("dan@example.org", "dan-pw-2")              # created with UserStore
+
+
+async def add_user(url: str, user: str, password: str, addresses: list[str] = []) -> None:  # noqa: B006
+    async with UserStore(url) as store:
+        await store.add_user(user, password, addresses)
+
+
+@pytest.mark.service("postgres")
+def test_directory_internal(tmp_path: Path, pg_url: str, black_hole) -> None:
+    pki = make_pki(tmp_path / "pki")
+    gate = Gate(urllib.parse.urlsplit(pg_url).port or 5432)
+    sections = f"""
+[directory.users]
+type = "internal"
+store = "sqlite://{tmp_path}/users.db"
+
+[directory.pgusers]
+type = "internal"
+store = "{with_port(pg_url, gate.port)}"
+timeout = "1s"
+
+[directory.hole]
+type = "internal"
+store = "{with_port(pg_url, black_hole.port)}"
+timeout = "500ms"
+"""
+    lookup = by_listener("users/users", pg="directory/pgusers", hole="directory/hole")
+    config = gate_config(lookup, sections, mechanisms='["plain", "login", "scram-sha-256"]',
+                         extra_listeners=("pg", "hole"))
+    cfg_file = tmp_path / "smtpgate.toml"
+    cfg_file.write_text(config.replace("{pki_cert}", str(pki.cert)).replace("{pki_key}", str(pki.key))
+                        .replace("{tmp}", str(tmp_path)))
+    try:
+        # The operator's way: `smtpgate user add`, password on stdin (stored as argon2id + SCRAM keys).
+        add = subprocess.run([SMTPGATE, "user", "add", STORE_CLI_USER[0], "--address", "c.one@example.org",
+                              "--config", str(cfg_file), "--directory", "users", "--password-stdin"],
+                             input=STORE_CLI_USER[1] + "\n", capture_output=True, text=True, timeout=60)
+        assert add.returncode == 0, add.stderr
+        asyncio.run(add_user(f"sqlite://{tmp_path}/users.db", *STORE_API_USER))
+        asyncio.run(add_user(with_port(pg_url, gate.port), *STORE_API_USER, ["d.two@example.org"]))
+
+        with run_server(config, tmp_path, pki=pki) as srv:
+            assert parallel(login, [
+                (srv, "submission", *STORE_CLI_USER), (srv, "submissions", *STORE_API_USER, "LOGIN"),
+                (srv, "pg", *STORE_API_USER),
+                (srv, "smtp", STORE_CLI_USER[0], STORE_API_USER[1]), (srv, "smtp", "nobody@example.org", "x"),
+                (srv, "pg", STORE_CLI_USER[0], STORE_CLI_USER[1]),      # exists in the SQLite store only
+            ]) == [OK, OK, OK, INVALID, INVALID, INVALID]
+
+            c = connect(srv, "submission")
+            try:
+                assert auth(c, *STORE_CLI_USER) == OK
+                assert c.cmd(f"MAIL FROM:<{STORE_API_USER[0]}>") == NOT_OWNED
+                send(c, "c.one@example.org", "internal-raw")      # the --address given to `user add`
+            finally:
+                c.close()
+            assert_spooled(srv, STORE_CLI_USER[0], "internal-raw", sender="c.one@example.org")
+            r = swaks(srv, "submission", *STORE_CLI_USER, "internal-swaks")
+            assert r.returncode == 0, r.stdout + r.stderr
+            assert_spooled(srv, STORE_CLI_USER[0], "internal-swaks")
+            # The stored SCRAM keys let SCRAM work without any plaintext in the store.
+            r = msmtp(srv, "submissions", *STORE_API_USER, "internal-scram", tmp_path, mech="scram-sha-256")
+            assert r.returncode == 0, r.stderr
+            assert_spooled(srv, STORE_API_USER[0], "internal-scram")
+
+            assert_unavailable_not_counted(srv, "pg", *STORE_API_USER, down=gate.shut, up=gate.open, bound=1.5)
+            assert_black_hole(srv, "hole", *STORE_API_USER, timeout=0.5)
+    finally:
+        gate.close()
