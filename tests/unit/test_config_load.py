@@ -260,11 +260,11 @@ def test_file_values_relative_to_config(pki, tmp_path):
 
 def test_in_list_on_user_list_compares_names():
     s = load('[list]\nusers = ["john@example.org:secret", "2001:db8::1"]\n'
-             '[session.rcpt]\nrelay = [ { if = "sender", in-list = "list/users", then = true }, '
+             '[session.rcpt]\nrelay = [ { if = "authenticated-as", in-list = "list/users", then = true }, '
              '{ if = "remote-ip", in-list = "list/users", then = true }, { else = false } ]\n')
-    assert s.session.rcpt_relay.evaluate(v(sender="john@example.org")) is True
+    assert s.session.rcpt_relay.evaluate(v(authenticated_as="john@example.org")) is True
     assert s.session.rcpt_relay.evaluate(v(remote_ip="2001:db8::1")) is True
-    assert s.session.rcpt_relay.evaluate(v(sender="jane@example.org")) is False
+    assert s.session.rcpt_relay.evaluate(v(authenticated_as="jane@example.org")) is False
 
 
 def test_database_and_lookup_names(tmp_path):
@@ -621,3 +621,29 @@ def test_tls_enable_false_wins(pki):
              '[server.listener.smtp.tls]\nenable = false\n' + tls_section(pki))
     assert not s.listeners["smtp"].tls.enable and not s.listeners["smtp"].tls.implicit
     assert s.listeners["submission"].tls.enable and s.listeners["submission"].tls.implicit
+
+
+@pytest.mark.parametrize("rule", [
+    '{ if = "listener", eq = "smtp", then = true }',
+    '{ if = "sender-domain", eq = "example.org", then = true }',
+    '{ if = "remote-ip", eq = "0.0.0.0/0", then = true }',
+    '{ if = "authenticated-as", eq = "", then = true }',
+    '{ any-of = [ { if = "authenticated-as", ne = "" }, { if = "listener", eq = "smtp" } ], then = true }',
+    '{ none-of = [ { if = "remote-ip", eq = "10.0.0.0/8" } ], then = true }',
+])
+def test_open_relay_rules_refused(rule):
+    assert fails(f'[session.rcpt]\nrelay = [ {rule}, {{ else = false }} ]\n') == (
+        "Configuration error: session.rcpt.relay[0]: this rule would relay for sessions that are neither "
+        "authenticated nor from a chosen network (an open relay); add a condition on authenticated-as, "
+        "remote-ip or rcpt-domain")
+
+
+@pytest.mark.parametrize("rule", [
+    '{ if = "authenticated-as", ne = "", then = true }',
+    '{ if = "remote-ip", eq = "10.0.0.0/8", then = true }',
+    '{ if = "rcpt-domain", eq = "backup.example", then = true }',
+    '{ all-of = [ { if = "listener", eq = "smtp" }, { if = "authenticated-as", ne = "" } ], then = true }',
+    '{ if = "listener", eq = "smtp", then = false }',
+])
+def test_guarded_relay_rules_accepted(rule):
+    load(f'[session.rcpt]\nrelay = [ {rule}, {{ else = false }} ]\n')

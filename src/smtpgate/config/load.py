@@ -390,6 +390,8 @@ class _Builder:
             if s.lookup:
                 parse = self._lookup_parser(s.lookup, lookups, remotes)
             exprs[s.attr] = compile_setting(key, raw, parse, s.variables, scope, is_list=s.is_list)
+            if s.attr == "rcpt_relay":
+                _refuse_open_relay_rules(key, raw)
         relay = exprs["rcpt_relay"]
         if relay.constant and relay.value is None:
             # Default: relay only for authenticated sessions.
@@ -460,6 +462,58 @@ def _known_table(path: str) -> bool:
         pp = pattern.split(".")
         if len(pp) == len(parts) and all(a == "*" or a == b for a, b in zip(pp, parts)):
             return True
+    return False
+
+
+def _refuse_open_relay_rules(key: str, raw: Any) -> None:
+    """Every rule that allows relaying must require authentication, a chosen client network, or name
+    the destination domains it relays to.
+
+    ``{ if = "listener", eq = "submission", then = true }`` alone would relay for anyone who connects to
+    that listener without logging in; combine it with ``authenticated-as`` (``all-of``) or a
+    ``remote-ip`` network instead. Checked on the raw rules, before compilation, with a conservative
+    reading: ``all-of`` is guarded if one part is, ``any-of`` only if every part is, ``none-of`` never.
+    """
+    if not isinstance(raw, list):
+        return
+    for i, rule in enumerate(raw):
+        if isinstance(rule, dict) and rule.get("then") is True and not _guarded(rule):
+            raise ConfigError(f"{key}[{i}]", "this rule would relay for sessions that are neither authenticated nor "
+                                             "from a chosen network (an open relay); add a condition on "
+                                             "authenticated-as, remote-ip or rcpt-domain")
+
+
+def _guarded(cond: dict) -> bool:
+    if "all-of" in cond:
+        return any(_guarded(c) for c in cond["all-of"] if isinstance(c, dict))
+    if "any-of" in cond:
+        return all(_guarded(c) for c in cond["any-of"] if isinstance(c, dict))
+    if "none-of" in cond:
+        return False
+    var = cond.get("if")
+    ops = [k for k in cond if k not in ("if", "then")]
+    if len(ops) != 1:
+        return False
+    op, value = ops[0], cond[ops[0]]
+    if var == "authenticated-as":
+        if op in ("ne", "not-equal-to"):
+            return value == ""
+        if op in ("eq", "equal-to", "starts-with", "ends-with"):
+            return isinstance(value, str) and value != ""
+        if op == "matches":
+            try:
+                return isinstance(value, str) and re.search(value, "") is None
+            except re.error:
+                return False
+        return op == "in-list"
+    if var == "remote-ip":
+        if op in ("eq", "equal-to") and isinstance(value, str):
+            return not value.strip().endswith("/0")
+        return op == "in-list"
+    if var in ("rcpt-domain", "rcpt"):
+        # Relaying *to* named destinations (a backup MX's relay domains) is not an open relay.
+        return op in ("eq", "equal-to", "in-list") or (op == "ends-with" and isinstance(value, str) and
+                                                       len(value.strip(".")) > 0 and "." in value)
     return False
 
 
