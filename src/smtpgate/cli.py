@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import logging
 import os
 import signal
@@ -79,9 +80,24 @@ def _load(args: argparse.Namespace):
     return load_file(defaults.ensure(getattr(args, "data_dir", None) or defaults.DEFAULT_DATA_DIR))
 
 
+def _setup_logging(level: str) -> None:
+    """Log lines go through :class:`~smtpgate.logsink.BatchingHandler` (batched writes from a thread,
+    never a stalled event loop). The knobs below are the logging module's documented optimisations for
+    record fields we never print."""
+    from .logsink import BatchingHandler
+    logging._srcfile = None  # no caller lookup per record
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
+    handler = BatchingHandler(sys.stderr)
+    atexit.register(handler.close)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
 def _serve(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _setup_logging(args.log_level.upper())
     settings = _load(args)
     try:
         import uvloop  # optional: a faster event loop when installed

@@ -118,6 +118,19 @@ class Lookup:
         """For MEMBERSHIP lookups (local domains). Raises LookupUnavailable."""
         raise NotImplementedError
 
+    # Fast paths. An answer that is already at hand (an in-memory list with a cheap secret scheme, a cache
+    # hit) is returned directly, sparing the transport a task and a timer per request; None means "ask
+    # the async method". They must never block and never do I/O.
+    def authenticate_now(self, creds: Credentials) -> AuthResult | None:
+        return None
+
+    def get_secret_now(self, username: str) -> tuple[SecretRecord | None] | None:
+        """``(record_or_None,)`` when known now, else None."""
+        return None
+
+    def contains_now(self, key: str) -> bool | None:
+        return None
+
     async def start(self) -> None:
         """Open pools / connections. Called once by the server before it accepts sessions."""
 

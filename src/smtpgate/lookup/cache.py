@@ -127,6 +127,22 @@ class CachedLookup(Lookup):
             self._remove(oldest)
             self.stats.evictions += 1
 
+    def authenticate_now(self, creds: Credentials) -> AuthResult | None:
+        """A live cache entry, if any (counted as a hit); else None and authenticate() does the rest."""
+        key = self._cache_key(creds)
+        entry = self._entries.get(key)
+        if entry is not None and entry.expires > self._clock():
+            self._entries.move_to_end(key)
+            self.stats.hits += 1
+            return entry.result
+        return None
+
+    def get_secret_now(self, username: str):
+        return self.inner.get_secret_now(username)
+
+    def contains_now(self, key: str):
+        return self.inner.contains_now(key)
+
     async def authenticate(self, creds: Credentials) -> AuthResult:
         key = self._cache_key(creds)
         entry = self._entries.get(key)

@@ -65,6 +65,34 @@ class ListLookup(Lookup):
             return AuthResult(Outcome.VALID, account=name, addresses=self._addresses(name))
         return INVALID
 
+    def authenticate_now(self, creds: Credentials) -> AuthResult | None:
+        if creds.kind != "password":
+            return INVALID
+        found = self._users.get(creds.username.lower())
+        if found is None:
+            if secrets.verify_now(None, creds.secret, decoy=self._decoy) is None:
+                return None
+            return INVALID
+        name, stored = found
+        ok = secrets.verify_now(stored, creds.secret)
+        if ok is None:
+            return None
+        return AuthResult(Outcome.VALID, account=name, addresses=self._addresses(name)) if ok else INVALID
+
+    def get_secret_now(self, username: str) -> tuple[SecretRecord | None]:
+        return (self._record(username),)
+
+    def contains_now(self, key: str) -> bool:
+        return key.strip().lower() in self._members
+
+    def _record(self, username: str) -> SecretRecord | None:
+        found = self._users.get(username.lower())
+        if found is None:
+            return None
+        name, stored = found
+        return SecretRecord(account=name, plaintext=secrets.plaintext_of(stored), scram=secrets.scram_of(stored),
+                            addresses=self._addresses(name))
+
     async def get_secret(self, username: str) -> SecretRecord | None:
         found = self._users.get(username.lower())
         if found is None:

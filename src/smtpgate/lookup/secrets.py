@@ -336,6 +336,21 @@ async def verify(stored: str | None, password: str, *, decoy: str | None = None)
     return await run_sync(_check, stored, pw)
 
 
+def verify_now(stored: str | None, password: str, *, decoy: str | None = None) -> bool | None:
+    """:func:`verify` without the pool, for cheap schemes only; None when the check needs the pool."""
+    target = stored if stored is not None else decoy
+    if target is None or not _cheap(target):
+        return None
+    try:
+        pw = password.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        pw = b""
+        stored = None
+    if stored is None:
+        return _check_decoy(target, pw)
+    return _check(stored, pw)
+
+
 def _cheap(stored: str) -> bool:
     """Plaintext and single-digest schemes cost microseconds: a thread hop would cost more than the
     check itself, so they run inline. Every KDF (crypt, bcrypt, argon2, PBKDF2) goes to the pool."""

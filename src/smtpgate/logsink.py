@@ -1,0 +1,90 @@
+"""Where ``smtpgate serve`` sends its log lines: stderr, written in batches by a background thread.
+
+One log line per AUTH attempt is part of the product (fail2ban reads it), so under load the logging
+path matters. Writing each record to stderr from the event loop costs a syscall per line and can block
+the loop outright when stderr is a slow pipe. Here the loop only appends the record to a list; a writer
+thread wakes every ``interval`` seconds, formats what accumulated and writes it with one call. If the
+writer falls ``max_pending`` records behind (stderr stuck), further records are counted and dropped, and
+the count is reported once the writer catches up -- the server keeps serving either way.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import time
+from typing import TextIO
+
+
+class _Formatter(logging.Formatter):
+    """The usual ``asctime`` format, with the seconds part rendered once per second, not per record."""
+
+    def __init__(self, fmt: str):
+        super().__init__(fmt)
+        self._second = -1
+        self._prefix = ""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
+        second = int(record.created)
+        if second != self._second:
+            self._second = second
+            self._prefix = time.strftime("%Y-%m-%d %H:%M:%S", self.converter(record.created))
+        return f"{self._prefix},{int(record.msecs):03d}"
+
+
+class BatchingHandler(logging.Handler):
+    def __init__(self, stream: TextIO | None = None, interval: float = 0.02, max_pending: int = 100_000):
+        super().__init__()
+        self.stream = stream or sys.stderr
+        self.interval = interval
+        self.max_pending = max_pending
+        self.setFormatter(_Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        self._pending: list[logging.LogRecord] = []
+        self._dropped = 0
+        self._wake = threading.Event()
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, name="smtpgate-log", daemon=True)
+        self._thread.start()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        # list.append is atomic under the GIL: no lock, no wake-up per record on the hot path.
+        if len(self._pending) >= self.max_pending:
+            self._dropped += 1
+            return
+        self._pending.append(record)
+        if record.levelno >= logging.ERROR:
+            self._wake.set()
+
+    def _run(self) -> None:
+        while not self._stop:
+            self._wake.wait(self.interval)
+            self._wake.clear()
+            self._drain()
+        self._drain()
+
+    def _drain(self) -> None:
+        if not self._pending and not self._dropped:
+            return
+        batch, self._pending = self._pending, []
+        lines = []
+        for record in batch:
+            try:
+                lines.append(self.format(record))
+            except Exception:  # noqa: BLE001 - a broken record must not kill the writer
+                lines.append(f"(unformattable log record from {record.name})")
+        if self._dropped:
+            lines.append(f"{time.strftime('%Y-%m-%d %H:%M:%S')} WARNING smtpgate.log: "
+                         f"{self._dropped} log records dropped (stderr too slow)")
+            self._dropped = 0
+        try:
+            self.stream.write("\n".join(lines) + "\n")
+            self.stream.flush()
+        except (OSError, ValueError):
+            pass
+
+    def close(self) -> None:
+        self._stop = True
+        self._wake.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(5)
+        super().close()
