@@ -13,6 +13,10 @@ replies, swaks or msmtp for a whole AUTH + message. What is checked, kind by kin
 * a black hole (accepts, never answers) -> ``454`` no later than the lookup's configured ``timeout``;
 * addresses the store knows are what ``must-match-sender`` allows in ``MAIL FROM``.
 
+A list lives in memory and has no "unavailable". Regression tests for three bugs found here: LDAP
+usable again right after slapd restarts, PostgreSQL going silent on a pooled connection answered within
+the timeout, and the internal store being down at startup not being fatal.
+
 ``remote/<id>`` (IMAP and SMTP against a real Dovecot), caching, the seed's example and the 1,000-session
 burst are in ``test_e2e_remote.py``; the helpers below are shared with it.
 """
@@ -24,6 +28,7 @@ import concurrent.futures
 import socket
 import sqlite3
 import subprocess
+import sys
 import threading
 import time
 import urllib.parse
@@ -34,6 +39,7 @@ import asyncpg
 import pytest
 
 from smtpgate.delivery.spool import read_message
+from smtpgate.lookup.sql import SqlError
 from smtpgate.lookup.users import UserStore
 from tests.fixtures.certs import make_pki
 from tests.fixtures.dovecot import black_hole  # noqa: F401  (fixture)
@@ -52,7 +58,7 @@ TEMPFAIL = "454 4.7.0 Temporary authentication failure."
 TOO_MANY = "421 4.3.0 Too many authentication errors, disconnecting."
 NOT_OWNED = "550 5.7.1 Sender address not owned by authenticated user."
 RCPT = "rcpt@remote.example"
-SMTPGATE = "/work/main/.venv/bin/smtpgate"
+SMTPGATE = str(Path(sys.executable).with_name("smtpgate"))     # the venv's console script
 CLIENT_TIMEOUT = 30
 
 PASSWORD_MECHS = '["plain", "login"]'
@@ -270,15 +276,29 @@ def msmtp(srv: RunningServer, listener: str, user: str, secret: str, marker: str
 class Gate:
     """A TCP forwarder in front of a real server that can be shut like a stopped server: its port then
     refuses connections and every connection already forwarded is cut. ``open()`` listens again on the
-    same port. Threads, not asyncio: the test's own client calls block."""
+    same port. ``freeze()`` turns it into a firewall-like black hole for established and new connections
+    alike (accepted, bytes swallowed, never an answer); ``thaw()`` ends that. Threads, not asyncio: the
+    test's own client calls block."""
 
     def __init__(self, upstream_port: int, host: str = "127.0.0.1"):
         self.host, self.upstream_port = host, upstream_port
         self.port = free_port(host)
         self._lock = threading.Lock()
         self._conns: set[socket.socket] = set()
+        self._held: list[socket.socket] = []
         self._listener: socket.socket | None = None
+        self.frozen = False
         self.open()
+
+    def freeze(self) -> None:
+        self.frozen = True
+
+    def thaw(self) -> None:
+        self.frozen = False
+        with self._lock:
+            held, self._held = self._held, []
+        for s in held:
+            s.close()
 
     def open(self) -> None:
         if self._listener is not None:
@@ -292,6 +312,10 @@ class Gate:
                 client, _ = listener.accept()
             except OSError:
                 return
+            if self.frozen:
+                with self._lock:
+                    self._held.append(client)     # never read, never answered
+                continue
             try:
                 upstream = socket.create_connection((self.host, self.upstream_port), timeout=5)
                 upstream.settimeout(None)
@@ -306,7 +330,8 @@ class Gate:
     def _pump(self, src: socket.socket, dst: socket.socket) -> None:
         try:
             while data := src.recv(65536):
-                dst.sendall(data)
+                if not self.frozen:
+                    dst.sendall(data)
         except OSError:
             pass
         for s in (src, dst):
@@ -324,7 +349,8 @@ class Gate:
                 pass
             listener.close()
         with self._lock:
-            conns, self._conns = self._conns, set()
+            conns, self._conns = self._conns | set(self._held), set()
+            self._held = []
         for s in conns:
             try:
                 s.shutdown(socket.SHUT_RDWR)
@@ -573,15 +599,9 @@ def test_directory_ldap(tmp_path: Path, slapd_private: Slapd, ldap_pki, black_ho
                                        up=slapd_private.start, bound=2.6, recover=False)
 
 
-LDAP3_AVAILABILITY_BUG = (
-    "src/smtpgate/lookup/ldap.py:145 builds ldap3.Server with the default mode IP_V6_PREFERRED: after one "
-    "refused connect ldap3 marks the address unavailable for RESET_AVAILABILITY_TIMEOUT (5 s, i.e. ~6 s), and "
-    "every login meanwhile gets 454 'invalid server address' although slapd is back. Fix: pass "
-    "mode=IP_SYSTEM_DEFAULT, or call self._server.reset_availability() before each connection.")
 
 
 @pytest.mark.service("slapd")
-@pytest.mark.xfail(strict=True, reason=LDAP3_AVAILABILITY_BUG)
 def test_directory_ldap_back_after_restart(tmp_path: Path, slapd_private: Slapd, ldap_pki, black_hole) -> None:
     alice_pw = LDAP_USERS["alice"][0]
     with run_server(gate_config('"directory/ldap"', ldap_sections(slapd_private, ldap_pki.ca_cert, black_hole.port)),
@@ -686,7 +706,7 @@ async def add_user(url: str, user: str, password: str, addresses: list[str] = []
 
 
 @pytest.mark.service("postgres")
-def test_directory_internal(tmp_path: Path, pg_url: str, black_hole) -> None:
+def test_directory_internal(tmp_path: Path, pg_url: str) -> None:
     pki = make_pki(tmp_path / "pki")
     gate = Gate(urllib.parse.urlsplit(pg_url).port or 5432)
     sections = f"""
@@ -697,16 +717,11 @@ store = "sqlite://{tmp_path}/users.db"
 [directory.pgusers]
 type = "internal"
 store = "{with_port(pg_url, gate.port)}"
-timeout = "1s"
-
-[directory.hole]
-type = "internal"
-store = "{with_port(pg_url, black_hole.port)}"
-timeout = "500ms"
+timeout = "700ms"
 """
-    lookup = by_listener("users/users", pg="directory/pgusers", hole="directory/hole")
+    lookup = by_listener("users/users", pg="directory/pgusers")
     config = gate_config(lookup, sections, mechanisms='["plain", "login", "scram-sha-256"]',
-                         extra_listeners=("pg", "hole"))
+                         extra_listeners=("pg",))
     cfg_file = tmp_path / "smtpgate.toml"
     cfg_file.write_text(config.replace("{pki_cert}", str(pki.cert)).replace("{pki_key}", str(pki.key))
                         .replace("{tmp}", str(tmp_path)))
@@ -743,7 +758,62 @@ timeout = "500ms"
             assert r.returncode == 0, r.stderr
             assert_spooled(srv, STORE_API_USER[0], "internal-scram")
 
-            assert_unavailable_not_counted(srv, "pg", *STORE_API_USER, down=gate.shut, up=gate.open, bound=1.5)
+            assert_unavailable_not_counted(srv, "pg", *STORE_API_USER, down=gate.shut, up=gate.open, bound=1.2)
+    finally:
+        gate.close()
+
+
+
+
+@pytest.mark.service("postgres")
+def test_postgres_goes_silent_after_connect(tmp_path: Path, pg_url: str) -> None:
+    """A firewall starts dropping everything between smtpgate and PostgreSQL, pooled connections included:
+    db/<id> and the internal store must still answer 454 at their timeout."""
+    asyncio.run(make_pg_db(pg_url))
+    asyncio.run(add_user(pg_url, *STORE_API_USER))
+    gate = Gate(urllib.parse.urlsplit(pg_url).port or 5432)
+    sections = db_sections(with_port(pg_url, gate.port), timeout="1s") + f"""
+[directory.pgusers]
+type = "internal"
+store = "{with_port(pg_url, gate.port)}"
+timeout = "1s"
+"""
+    try:
+        with run_server(gate_config(by_listener("db/sql/auth", hole="directory/pgusers"), sections), tmp_path) as srv:
+            assert parallel(login, [(srv, "smtp", *DB_JOHN), (srv, "hole", *STORE_API_USER)]) == [OK, OK]
+            gate.freeze()
+            try:
+                assert_black_hole(srv, "smtp", *DB_JOHN, timeout=1.0)
+                assert_black_hole(srv, "hole", *STORE_API_USER, timeout=1.0)
+            finally:
+                gate.thaw()
+            assert parallel(login, [(srv, "smtp", *DB_JOHN), (srv, "hole", *STORE_API_USER)]) == [OK, OK]
+    finally:
+        gate.close()
+
+
+
+
+@pytest.mark.service("postgres")
+def test_directory_internal_store_down_at_startup(tmp_path: Path, pg_url: str, black_hole) -> None:
+    asyncio.run(add_user(pg_url, *STORE_API_USER))
+    gate = Gate(urllib.parse.urlsplit(pg_url).port or 5432)
+    sections = f"""
+[directory.pgusers]
+type = "internal"
+store = "{with_port(pg_url, gate.port)}"
+timeout = "700ms"
+
+[directory.hole]
+type = "internal"
+store = "{with_port(pg_url, black_hole.port)}"
+timeout = "500ms"
+"""
+    config = gate_config(by_listener("directory/pgusers", hole="directory/hole"), sections)
+    try:
+        gate.shut()
+        with run_server(config, tmp_path) as srv:
+            assert_unavailable_not_counted(srv, "smtp", *STORE_API_USER, down=gate.shut, up=gate.open, bound=1.2)
             assert_black_hole(srv, "hole", *STORE_API_USER, timeout=0.5)
     finally:
         gate.close()

@@ -34,7 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import urlsplit
 
-from ldap3 import AUTO_BIND_NONE, BASE, NONE, SIMPLE, SUBTREE, Connection, Server, Tls
+from ldap3 import AUTO_BIND_NONE, BASE, IP_SYSTEM_DEFAULT, NONE, SIMPLE, SUBTREE, Connection, Server, Tls
 from ldap3.core.exceptions import LDAPException
 from ldap3.utils.conv import escape_filter_chars
 from ldap3.utils.dn import escape_rdn
@@ -142,8 +142,10 @@ class LdapLookup(Lookup):
                 context.verify_mode = ssl.CERT_NONE
             tls = _VerifyingTls(context, parts.hostname)
         # No schema/root DSE reads (extra round trips for nothing); no referral chasing to other hosts.
+        # IP_SYSTEM_DEFAULT: ldap3's default mode remembers a refused address as "unavailable" for a
+        # while, so logins kept failing (454) for seconds after the server came back.
         self._server = Server(parts.hostname, port=port, use_ssl=use_ssl, tls=tls, get_info=NONE,
-                              connect_timeout=self._timeout, allowed_referral_hosts=[])
+                              connect_timeout=self._timeout, allowed_referral_hosts=[], mode=IP_SYSTEM_DEFAULT)
 
         self._dn_template = _str_option(opts, "bind.dn-template")
         self._base_dn = _str_option(opts, "search.base-dn")

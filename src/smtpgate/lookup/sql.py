@@ -301,7 +301,13 @@ class SqlDatabase:
         if self.dialect == "postgres":
             pool = await self._pg_pool()
             async with pool.acquire() as raw:
-                yield Conn(raw, "postgres")
+                try:
+                    yield Conn(raw, "postgres")
+                except (asyncio.CancelledError, TimeoutError, OSError, asyncpg.InterfaceError):
+                    # A connection cancelled mid-query would be reset politely on release, costing
+                    # another command_timeout against a silent server: drop it instead.
+                    raw.terminate()
+                    raise
             return
         async with self._sem:
             conn = self._idle.pop() if self._idle else await self._open_sqlite()

@@ -318,8 +318,12 @@ class UserStoreLookup(Lookup):
 
     async def start(self) -> None:
         await self.store.start()
-        # Create the schema now, so a fresh deployment has its users.db before the first login.
-        await self.store.ensure_schema()
+        # Create the schema now, so a fresh deployment has its users.db before the first login. A store
+        # that is down at startup is not fatal: logins answer 454 until it is back (login() retries).
+        try:
+            await self.store.ensure_schema()
+        except SqlError as exc:
+            log.warning("%s unavailable at startup: %s", self.name, exc)
 
     async def close(self) -> None:
         await self.store.close()
