@@ -16,10 +16,9 @@ import scramp
 
 from tests.fixtures.oauth_server import AUDIENCE, ISSUER
 from tests.fixtures.oauth_server import _oauth_server_module, oauth_server  # noqa: F401  (fixtures)
-from tests.fixtures.server import run_server
+from tests.fixtures.server import SERVER_HEAD, listeners, run_server
 from tests.integration.test_auth_stage import (
-    BAD_BASE64, CANCELLED, INVALID, MALFORMED, OK, PASSWORD_PROMPT, SERVER_HEAD, TEMPFAIL, TOO_LONG, b64,
-    listeners, open_session, plain_ir,
+    BAD_BASE64, CANCELLED, INVALID, MALFORMED, OK, PASSWORD_PROMPT, TEMPFAIL, TOO_LONG, b64, open_session, plain_ir,
 )
 from tests.smtpclient import Raw
 from tests.support import free_port, missing, need_binary, port_open

@@ -20,7 +20,7 @@ from smtpgate.lookup.secrets import hash_password
 from smtpgate.lookup.users import UserStore
 from tests.fixtures.oauth_server import AUDIENCE, ISSUER
 from tests.fixtures.oauth_server import _oauth_server_module, oauth_server  # noqa: F401  (fixtures)
-from tests.fixtures.server import RunningServer, run_server
+from tests.fixtures.server import SERVER_HEAD, RunningServer, listeners, run_server
 from tests.smtpclient import Raw, client_tls
 from tests.support import need_binary
 
@@ -44,31 +44,6 @@ TOO_MANY = "421 4.3.0 Too many authentication errors, disconnecting."
 REQUIRED = "530 5.7.0 Authentication required."
 USERNAME_PROMPT = "334 VXNlcm5hbWU6"
 PASSWORD_PROMPT = "334 UGFzc3dvcmQ6"
-
-SERVER_HEAD = """
-[server]
-hostname = "mx.test"
-
-[server.tls]
-enable = true
-certificate = "default"
-
-[certificate.default]
-cert = "file://{pki_cert}"
-private-key = "file://{pki_key}"
-
-[queue]
-path = "{tmp}/spool"
-"""
-
-
-def listeners(*names: str, implicit: tuple[str, ...] = ()) -> str:
-    out = []
-    for name in names:
-        out.append(f'[server.listener.{name}]\nbind = ["127.0.0.1:0"]\n')
-        if name in implicit:
-            out.append("tls.implicit = true\n")
-    return "\n".join(out)
 
 
 def b64(data: bytes | str) -> str:

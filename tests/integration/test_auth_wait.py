@@ -10,8 +10,8 @@ import time
 import pytest
 
 from smtpgate.lookup.secrets import hash_password
-from tests.fixtures.server import run_server
-from tests.integration.test_auth_stage import INVALID, OK, SERVER_HEAD, doveadm_pw, listeners, plain_ir
+from tests.fixtures.server import SERVER_HEAD, listeners, run_server
+from tests.integration.test_auth_stage import INVALID, OK, doveadm_pw, plain_ir
 from tests.support import missing
 
 BAD_CLIENTS = 1000

@@ -11,37 +11,13 @@ from pathlib import Path
 import pytest
 
 from smtpgate.delivery.spool import read_message
-from tests.fixtures.server import run_server
+from tests.fixtures.server import SERVER_HEAD, listeners, run_server
 from tests.smtpclient import Raw, client_tls
 
 TOO_BIG = "552 5.3.4 Message size exceeds fixed maximum message size"
 
-CONFIG = """
-[server]
-hostname = "mx.test"
-
-[server.listener.smtp]
-bind = ["127.0.0.1:0"]
-
-[server.listener.submission]
-bind = ["127.0.0.1:0"]
-
-[server.listener.submissions]
-bind = ["127.0.0.1:0"]
-tls.implicit = true
-
-[server.listener.lmtp]
-bind = ["127.0.0.1:0"]
-protocol = "lmtp"
-
-[server.tls]
-enable = true
-certificate = "default"
-
-[certificate.default]
-cert = "file://{pki_cert}"
-private-key = "file://{pki_key}"
-
+CONFIG = SERVER_HEAD + listeners("smtp", "submission", "submissions", "lmtp", implicit=("submissions",),
+                                 options={"lmtp": 'protocol = "lmtp"'}) + """
 [session.auth]
 mechanisms = [ { if = "listener", ne = "smtp", then = ["plain"] }, { else = [] } ]
 lookup = "list/users"
@@ -63,9 +39,6 @@ messages = 2
 users = ["john@local.test:secret"]
 domains = ["local.test"]
 mailboxes = ["a@local.test", "b@local.test", "c@local.test"]
-
-[queue]
-path = "{tmp}/spool"
 """
 
 
@@ -90,8 +63,7 @@ def transaction(c: Raw, body: bytes, rcpts: tuple[str, ...] = ("x@local.test",),
 
 
 def spooled(srv) -> list[tuple[dict, bytes]]:
-    files = list(srv.spool.iterdir()) if srv.spool.exists() else []
-    return sorted((read_message(str(f)) for f in files), key=lambda m: m[0]["received_at"])
+    return sorted((read_message(str(f)) for f in srv.spool_files()), key=lambda m: m[0]["received_at"])
 
 
 def test_size_parameter(tmp_path: Path) -> None:

@@ -14,34 +14,13 @@ import pytest
 import smtpgate
 from smtpgate.delivery.spool import read_message
 from tests.fixtures.dovecot import DovecotServer, black_hole, dovecot, dovecot_session  # noqa: F401
-from tests.fixtures.server import run_server
+from tests.fixtures.server import SERVER_HEAD, listeners, run_server
 from tests.smtpclient import Raw, client_tls
 from tests.support import free_port
 
 NEXT_HOP_DOWN = "451 4.4.1 Next hop unavailable, try again later"
 
-BASE = """
-[server]
-hostname = "mx.test"
-
-[server.listener.smtp]
-bind = ["127.0.0.1:0"]
-
-[server.listener.submission]
-bind = ["127.0.0.1:0"]
-
-[server.listener.lmtp]
-bind = ["127.0.0.1:0"]
-protocol = "lmtp"
-
-[server.tls]
-enable = true
-certificate = "default"
-
-[certificate.default]
-cert = "file://{pki_cert}"
-private-key = "file://{pki_key}"
-
+BASE = SERVER_HEAD + listeners("smtp", "submission", "lmtp", options={"lmtp": 'protocol = "lmtp"'}) + """
 [session.auth]
 mechanisms = [ { if = "listener", eq = "submission", then = ["plain"] }, { else = [] } ]
 lookup = "list/users"
@@ -54,9 +33,6 @@ domains = "list/domains"
 [list]
 users = ["john@local.test:secret"]
 domains = ["local.test", "example.test"]
-
-[queue]
-path = "{tmp}/spool"
 """
 
 
@@ -121,10 +97,6 @@ def submission_session(srv) -> Raw:
     return c
 
 
-def spool_files(srv) -> list[Path]:
-    return list(srv.spool.iterdir()) if srv.spool.exists() else []
-
-
 # --- LMTP next hop: a real Dovecot ------------------------------------------------------------------
 def test_lmtp_next_hop_delivers_into_maildir(tmp_path: Path, dovecot: DovecotServer) -> None:
     token = uuid.uuid4().hex
@@ -133,7 +105,7 @@ def test_lmtp_next_hop_delivers_into_maildir(tmp_path: Path, dovecot: DovecotSer
         reply = transaction(c, "john@local.test", ["alice@example.test", "Bob@Example.Test"], message(token))
         assert reply.startswith("250 2.0.0"), reply
         c.close()
-        assert spool_files(srv) == []            # handed on, not spooled
+        assert srv.spool_files() == []            # handed on, not spooled
     for user in ("alice@example.test", "bob@example.test"):
         (msg,) = delivered(dovecot, user, token)
         ours = msg[msg.index(b"Received: from client.test"):]
@@ -177,7 +149,7 @@ def test_lmtp_next_hop_reflects_each_recipient(tmp_path: Path, dovecot: DovecotS
         assert reply.startswith("250 2.0.0"), reply
         c.close()
         assert len(delivered(dovecot, "alice@example.test", token2)) == 1
-        assert spool_files(srv) == []
+        assert srv.spool_files() == []
 
 
 def test_next_hop_down_gives_451_and_loses_nothing(tmp_path: Path, dovecot: DovecotServer) -> None:
@@ -193,7 +165,7 @@ def test_next_hop_down_gives_451_and_loses_nothing(tmp_path: Path, dovecot: Dove
             assert transaction(c, "x@remote.test", ["alice@example.test"], message(token)) == NEXT_HOP_DOWN
         finally:
             dovecot.start()
-        assert spool_files(srv) == []
+        assert srv.spool_files() == []
         assert delivered(dovecot, "alice@example.test", token) == []
         # The client's retry succeeds once the next hop is back.
         assert transaction(c, "x@remote.test", ["alice@example.test"], message(token)).startswith("250 2.0.0")
@@ -223,7 +195,7 @@ def test_next_hop_black_hole_times_out(tmp_path: Path, dovecot: DovecotServer, b
         assert c.cmd("NOOP") == "250 2.0.0 OK"
         c.close()
         other.close()
-        assert spool_files(srv) == []
+        assert srv.spool_files() == []
 
 
 # --- SMTP next hop: a second smtpgate with its own spool --------------------------------------------
@@ -268,8 +240,8 @@ next-hop = "remote/hop"
                                 message("two"))
             assert reply.startswith("550 5.1.1"), reply
             c.close()
-            assert spool_files(srv) == []
-        files = spool_files(hop)
+            assert srv.spool_files() == []
+        files = hop.spool_files()
         assert len(files) == 1
         env, msg = read_message(str(files[0]))
         assert env["mail_from"] == "john@local.test"
@@ -357,7 +329,7 @@ def test_callable_delivery_decides_the_reply(tmp_path: Path) -> None:
         assert c.reply().startswith("250 2.0.0")
         c.close()
 
-        assert not srv.spool.exists() or spool_files(srv) == []
+        assert not srv.spool.exists() or srv.spool_files() == []
         env = app.seen[0]
         assert env.mail_from == "john@local.test" and env.rcpt_to == rcpts
         assert env.authenticated_as == "john@local.test" and env.listener == "submission"

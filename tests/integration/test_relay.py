@@ -14,29 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.server import run_server
+from tests.fixtures.server import SERVER_HEAD, listeners, run_server
 from tests.smtpclient import Raw, client_tls
 
 RELAY_DENIED = "550 5.7.1 Relay access denied."
 
-CONFIG = """
-[server]
-hostname = "mx.test"
-
-[server.listener.smtp]
-bind = ["127.0.0.1:0"]
-
-[server.listener.submission]
-bind = ["127.0.0.1:0"]
-
-[server.tls]
-enable = true
-certificate = "default"
-
-[certificate.default]
-cert = "file://{pki_cert}"
-private-key = "file://{pki_key}"
-
+CONFIG = SERVER_HEAD + listeners("smtp", "submission") + """
 [session.auth]
 mechanisms = ["plain"]
 lookup = "list/users"
@@ -50,9 +33,6 @@ domains = "list/domains"
 [list]
 users = ["john@local.test:secret"]
 domains = ["local.test", "Other-Local.test"]
-
-[queue]
-path = "{tmp}/spool"
 """
 
 # Syntactically valid recipients that must never be accepted from an unauthenticated session.
@@ -115,10 +95,6 @@ def _session(port: int, source: str | None = None) -> Raw:
     return c
 
 
-def _spooled(srv) -> list[Path]:
-    return list(srv.spool.iterdir()) if srv.spool.exists() else []
-
-
 def test_unauthenticated_relay_attempts_are_denied(tmp_path: Path) -> None:
     with run_server(CONFIG, tmp_path) as srv:
         for listener in ("smtp", "submission"):
@@ -140,7 +116,7 @@ def test_unauthenticated_relay_attempts_are_denied(tmp_path: Path) -> None:
             assert c.cmd(b"Subject: local\r\n\r\nhello\r\n.\r\n").startswith("250 2.0.0")
             c.close()
         from smtpgate.delivery.spool import read_message
-        files = _spooled(srv)
+        files = srv.spool_files()
         assert len(files) == 2
         for f in files:
             env, _ = read_message(str(f))
@@ -161,7 +137,7 @@ def test_pipelined_relay_attempt_spools_nothing(tmp_path: Path) -> None:
         # The body lines are then read as commands and refused one by one; never as a message.
         assert all(r.startswith("500 ") for r in replies[5:7])
         c.close()
-        assert _spooled(srv) == []
+        assert srv.spool_files() == []
 
 
 def test_authenticated_session_may_relay(tmp_path: Path) -> None:
@@ -179,7 +155,7 @@ def test_authenticated_session_may_relay(tmp_path: Path) -> None:
         assert c.cmd(b"Subject: out\r\n\r\nbody\r\n.\r\n").startswith("250 2.0.0")
         c.close()
         from smtpgate.delivery.spool import read_message
-        (f,) = _spooled(srv)
+        (f,) = srv.spool_files()
         env, _ = read_message(str(f))
         assert env["rcpt_to"] == ["x@remote.test", "y@[192.0.2.1]"]
         assert env["authenticated_as"] == "john@local.test"
@@ -227,7 +203,7 @@ def test_relay_for_trusted_network(tmp_path: Path) -> None:
         assert other.cmd("RCPT TO:<a%b@local.test>") == RELAY_DENIED
         assert other.cmd("RCPT TO:<a@local.test>") == "250 2.1.5 Recipient OK"
         other.close()
-        assert len(_spooled(srv)) == 1
+        assert len(srv.spool_files()) == 1
 
 
 def test_no_local_domains_means_no_unauthenticated_recipients(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ import pytest
 
 from smtpgate.delivery.spool import read_message
 from smtpgate.lookup.users import UserStore
-from tests.fixtures.server import run_server
+from tests.fixtures.server import listeners, run_server
 from tests.smtpclient import Raw
 
 NOT_OWNED = "550 5.7.1 Sender address not owned by authenticated user."
@@ -19,13 +19,7 @@ BAD_AUTH_PARAM = "501 5.5.4 Malformed AUTH= parameter"
 CONFIG = """
 [server]
 hostname = "mx.test"
-
-[server.listener.smtp]
-bind = ["127.0.0.1:0"]
-
-[server.listener.submission]
-bind = ["127.0.0.1:0"]
-
+""" + listeners("smtp", "submission") + """
 [session.auth]
 mechanisms = [ { if = "listener", eq = "submission", then = ["plain"] }, { else = [] } ]
 lookup = "{lookup}"
@@ -73,8 +67,7 @@ def send(c: Raw, mail_arg: str, rcpt: str = "<rcpt@local.test>") -> str:
 
 
 def spooled(srv) -> list[dict]:
-    files = list(srv.spool.iterdir()) if srv.spool.exists() else []
-    return sorted((read_message(str(f))[0] for f in files), key=lambda env: env["received_at"])
+    return sorted((read_message(str(f))[0] for f in srv.spool_files()), key=lambda env: env["received_at"])
 
 
 def test_must_match_sender_with_login_address(tmp_path: Path) -> None:

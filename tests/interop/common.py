@@ -31,7 +31,7 @@ from pathlib import Path
 from smtpgate.delivery.spool import read_message
 from smtpgate.lookup.users import UserStore
 from tests.fixtures.oauth_server import AUDIENCE, ISSUER
-from tests.fixtures.server import RunningServer
+from tests.fixtures.server import SERVER_HEAD, RunningServer, listeners
 
 LIST_USER, LIST_PASS = "john@example.org", "s3cret-Pw"
 STORE_USER, STORE_PASS = "carol@example.org", "Carol-pw.1"
@@ -43,45 +43,9 @@ CLIENT_TIMEOUT = 20
 _TLS12 = 'tls.protocols = ["TLSv1.2"]'
 _LIST_MECHS = '["plain", "login", "cram-md5", "scram-sha-256", "scram-sha-1", "scram-sha-256-plus", "scram-sha-1-plus"]'
 
-CONFIG = f"""
-[server]
-hostname = "mx.test"
-
-[server.listener.smtp]
-bind = ["127.0.0.1:0"]
-[server.listener.submission]
-bind = ["127.0.0.1:0"]
-[server.listener.submissions]
-bind = ["127.0.0.1:0"]
-tls.implicit = true
-[server.listener.tls12]
-bind = ["127.0.0.1:0"]
-{_TLS12}
-[server.listener.users]
-bind = ["127.0.0.1:0"]
-[server.listener.users12]
-bind = ["127.0.0.1:0"]
-{_TLS12}
-[server.listener.oauth]
-bind = ["127.0.0.1:0"]
-[server.listener.oauths]
-bind = ["127.0.0.1:0"]
-tls.implicit = true
-[server.listener.xoauth2]
-bind = ["127.0.0.1:0"]
-tls.implicit = true
-
-[server.tls]
-enable = true
-certificate = "default"
-
-[certificate.default]
-cert = "file://{{pki_cert}}"
-private-key = "file://{{pki_key}}"
-
-[queue]
-path = "{{tmp}}/spool"
-
+CONFIG = SERVER_HEAD + listeners(
+    "smtp", "submission", "submissions", "tls12", "users", "users12", "oauth", "oauths", "xoauth2",
+    implicit=("submissions", "oauths", "xoauth2"), options={"tls12": _TLS12, "users12": _TLS12}) + f"""
 [list]
 users = ["{LIST_USER}:{LIST_PASS}"]
 

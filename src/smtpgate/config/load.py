@@ -13,6 +13,7 @@ import re
 import ssl
 import tempfile
 import tomllib
+from collections.abc import Callable
 from typing import Any
 
 from . import values
@@ -70,6 +71,15 @@ class _Builder:
 
     def has(self, key: str) -> bool:
         return key in self.flat
+
+    def optional(self, key: str, parse: Callable[[str, Any], Any], default: Any) -> Any:
+        """``parse(key, value)`` when ``key`` is set, else ``default`` as it is (often inherited)."""
+        return parse(key, self.take(key)) if self.has(key) else default
+
+    def required(self, key: str, parse: Callable[[str, Any], Any], missing: str) -> Any:
+        if not self.has(key):
+            raise ConfigError(key, missing)
+        return parse(key, self.take(key))
 
     def ids(self, prefix: str) -> list[str]:
         """Ids of ``prefix.<id>.*`` tables, in document order."""
@@ -131,9 +141,8 @@ class _Builder:
             pems = {}
             for part in ("cert", "private-key"):
                 key = f"{base}.{part}"
-                if not self.has(key):
-                    raise ConfigError(key, "missing (PEM text or file:///path)")
-                pems[part] = self.read_file_value(key, values.nonempty_string(key, self.take(key)))
+                pems[part] = self.read_file_value(
+                    key, self.required(key, values.nonempty_string, "missing (PEM text or file:///path)"))
                 if "-----BEGIN" not in pems[part]:
                     raise ConfigError(key, "not a PEM document")
             _check_keypair(base, pems["cert"], pems["private-key"])
@@ -146,8 +155,7 @@ class _Builder:
                         ignore_client_order=parent.ignore_client_order)
         # What this level says explicitly decides; implicit TLS or a certificate here implies TLS on.
         enable_given = self.has(f"{prefix}.enable")
-        if enable_given:
-            t.enable = values.boolean(f"{prefix}.enable", self.take(f"{prefix}.enable"))
+        t.enable = self.optional(f"{prefix}.enable", values.boolean, t.enable)
         if self.has(f"{prefix}.implicit"):
             t.implicit = values.boolean(f"{prefix}.implicit", self.take(f"{prefix}.implicit"))
             if t.implicit:
@@ -172,20 +180,15 @@ class _Builder:
             if not protos:
                 raise ConfigError(key, "at least one protocol is required")
             t.protocols = tuple(protos)
-        if self.has(f"{prefix}.timeout"):
-            t.timeout = values.duration(f"{prefix}.timeout", self.take(f"{prefix}.timeout"))
-        if self.has(f"{prefix}.ignore-client-order"):
-            key = f"{prefix}.ignore-client-order"
-            t.ignore_client_order = values.boolean(key, self.take(key))
+        t.timeout = self.optional(f"{prefix}.timeout", values.duration, t.timeout)
+        t.ignore_client_order = self.optional(f"{prefix}.ignore-client-order", values.boolean, t.ignore_client_order)
         return t
 
     def listeners(self, default_tls: ListenerTls, certificates) -> dict[str, ListenerSettings]:
         out = {}
         for ident in self.ids("server.listener"):
             base = f"server.listener.{ident}"
-            if not self.has(f"{base}.bind"):
-                raise ConfigError(f"{base}.bind", "missing (e.g. \"127.0.0.1:587\")")
-            binds = values.binds(f"{base}.bind", self.take(f"{base}.bind"))
+            binds = self.required(f"{base}.bind", values.binds, "missing (e.g. \"127.0.0.1:587\")")
             protocol = values.string(f"{base}.protocol", self.take(f"{base}.protocol", "smtp"))
             if protocol not in ("smtp", "lmtp"):
                 raise ConfigError(f"{base}.protocol", f"unsupported protocol {protocol!r} (use \"smtp\" or \"lmtp\")")
@@ -197,14 +200,10 @@ class _Builder:
                     raise ConfigError(f"{base}.tls.certificate",
                                       "TLS is enabled but no certificate is configured" if not certificates
                                       else "several certificates exist: name one")
-            hostname = self.take(f"{base}.hostname")
-            greeting = self.take(f"{base}.greeting")
             max_conn = values.positive_int(f"{base}.max-connections", self.take(f"{base}.max-connections", 8192))
-            out[ident] = ListenerSettings(
-                ident, binds, protocol, tls,
-                values.nonempty_string(f"{base}.hostname", hostname) if hostname is not None else None,
-                values.string(f"{base}.greeting", greeting) if greeting is not None else None,
-                max_conn)
+            hostname = self.optional(f"{base}.hostname", values.nonempty_string, None)
+            greeting = self.optional(f"{base}.greeting", values.string, None)
+            out[ident] = ListenerSettings(ident, binds, protocol, tls, hostname, greeting, max_conn)
         if not out:
             raise ConfigError("server.listener", "no listener defined")
         seen: dict[tuple[str, int], str] = {}
@@ -243,12 +242,9 @@ class _Builder:
 
     def cache(self, base: str) -> CacheSettings:
         c = CacheSettings()
-        if self.has(f"{base}.cache.entries"):
-            c.entries = values.integer(f"{base}.cache.entries", self.take(f"{base}.cache.entries"))
-        if self.has(f"{base}.cache.ttl.positive"):
-            c.ttl_positive = values.duration(f"{base}.cache.ttl.positive", self.take(f"{base}.cache.ttl.positive"))
-        if self.has(f"{base}.cache.ttl.negative"):
-            c.ttl_negative = values.duration(f"{base}.cache.ttl.negative", self.take(f"{base}.cache.ttl.negative"))
+        c.entries = self.optional(f"{base}.cache.entries", values.integer, c.entries)
+        c.ttl_positive = self.optional(f"{base}.cache.ttl.positive", values.duration, c.ttl_positive)
+        c.ttl_negative = self.optional(f"{base}.cache.ttl.negative", values.duration, c.ttl_negative)
         if c.entries and not (c.ttl_positive or c.ttl_negative):
             c.ttl_positive, c.ttl_negative = 300.0, 60.0
         return c
@@ -257,9 +253,8 @@ class _Builder:
         out = {}
         for ident in self.ids("database"):
             base = f"database.{ident}"
-            if not self.has(f"{base}.address"):
-                raise ConfigError(f"{base}.address", "missing (sqlite://path or postgres://user@host:port/db)")
-            address = values.nonempty_string(f"{base}.address", self.take(f"{base}.address"))
+            address = self.required(f"{base}.address", values.nonempty_string,
+                                    "missing (sqlite://path or postgres://user@host:port/db)")
             if not address.startswith(("sqlite://", "postgres://", "postgresql://")):
                 raise ConfigError(f"{base}.address", "unsupported database URL (use sqlite:// or postgres://)")
             if address.startswith("sqlite://"):
@@ -281,12 +276,10 @@ class _Builder:
 
     def tls_client(self, base: str) -> TlsClientSettings:
         t = TlsClientSettings()
-        for attr, key in (("implicit", "implicit"), ("starttls", "starttls"),
-                          ("allow_invalid_certs", "allow-invalid-certs")):
-            if self.has(f"{base}.tls.{key}"):
-                setattr(t, attr, values.boolean(f"{base}.tls.{key}", self.take(f"{base}.tls.{key}")))
-        if self.has(f"{base}.tls.ca-file"):
-            t.ca_file = values.nonempty_string(f"{base}.tls.ca-file", self.take(f"{base}.tls.ca-file"))
+        t.implicit = self.optional(f"{base}.tls.implicit", values.boolean, t.implicit)
+        t.starttls = self.optional(f"{base}.tls.starttls", values.boolean, t.starttls)
+        t.allow_invalid_certs = self.optional(f"{base}.tls.allow-invalid-certs", values.boolean, t.allow_invalid_certs)
+        t.ca_file = self.optional(f"{base}.tls.ca-file", values.nonempty_string, t.ca_file)
         if t.implicit and t.starttls:
             raise ConfigError(f"{base}.tls.starttls", "cannot be combined with tls.implicit")
         return t
@@ -318,9 +311,7 @@ class _Builder:
         out = {}
         for ident in self.ids("directory"):
             base = f"directory.{ident}"
-            if not self.has(f"{base}.type"):
-                raise ConfigError(f"{base}.type", "missing (internal, ldap or oauth)")
-            kind = values.string(f"{base}.type", self.take(f"{base}.type"))
+            kind = self.required(f"{base}.type", values.string, "missing (internal, ldap or oauth)")
             if kind not in DIRECTORY_OPTIONS:
                 raise ConfigError(f"{base}.type", f"unknown directory type {kind!r} (use internal, ldap or oauth)")
             timeout = values.duration(f"{base}.timeout", self.take(f"{base}.timeout", "5s"))

@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import secrets
 from collections.abc import Iterable
 
 from ..lookup.base import AuthResult, Outcome, SecretRecord
-from .base import Action, Failure, Mechanism
+from .base import Action, Challenge, Failure, Mechanism, Success
 
 #: Per-process random key for everything that must look deterministic to a client without being
 #: guessable (SCRAM fake salts and keys). It never leaves the process.
@@ -64,6 +65,19 @@ def not_valid(result: AuthResult, username: str) -> Failure:
     return Failure("invalid", result.reason or "credentials rejected", username)
 
 
+def grant(result: AuthResult, user: str, requested: str, selves: Iterable[str], refusal: str) -> Success | Failure:
+    """The end of an exchange the lookup verified for ``user``: a non-VALID result fails (see
+    :func:`not_valid`), and ``requested`` must be one of ``selves`` or granted by the lookup (see
+    :func:`authorize`), else ``refusal`` is the 535 detail. A lookup that names no account vouches for
+    ``user``."""
+    if not result.valid:
+        return not_valid(result, user)
+    authzid = authorize(requested, selves, result.may_act_for)
+    if authzid is None:
+        return Failure("invalid", refusal, user)
+    return Success(account=result.account or user, authzid=authzid, addresses=result.addresses)
+
+
 class StatefulMechanism(Mechanism):
     """Tracks the expected next call so that a confused caller gets a clear error instead of a silently
     wrong exchange. Calling out of order is a bug in the AUTH stage, hence an exception, not a Failure."""
@@ -96,7 +110,60 @@ class StatefulMechanism(Mechanism):
         raise AssertionError
 
 
+class OneMessageMechanism(StatefulMechanism):
+    """A client-first mechanism whose whole input is one message: the initial response, or the answer
+    to an empty challenge. Subclasses implement ``_message``."""
+
+    def start(self, initial: bytes | None) -> Action:
+        self._expect("start", "start")
+        if initial is None:
+            self._state = "message"
+            return Challenge(b"")
+        return self._message(initial)
+
+    def respond(self, data: bytes) -> Action:
+        self._expect("message", "respond")
+        return self._message(data)
+
+    def _message(self, data: bytes) -> Action:
+        raise NotImplementedError
+
+
+class TokenMechanism(OneMessageMechanism):
+    """What OAUTHBEARER and XOAUTH2 share once their message is parsed into the claimed user
+    (``self._user``) and a token. An INVALID token is reported in a JSON error challenge that the client
+    acknowledges with an empty response or a lone ^A; then the exchange fails as 535 (anything else is
+    501). A VALID token must belong to the claimed user: the account itself (its name or one of its
+    addresses) or one it may act for."""
+
+    #: Fields of the JSON error challenge; ``scope`` is added when configured.
+    error_fields: dict[str, str] = {}
+    #: Failure detail when the error challenge is answered with anything but an acknowledgement.
+    bad_ack: str = ""
+
+    def __init__(self, *, scope: str | None = None) -> None:
+        super().__init__()
+        self._scope = scope
+        self._user = ""
+
+    def respond(self, data: bytes) -> Action:
+        if self._state == "error-ack":
+            if data in (b"", b"\x01"):
+                return self._end(Failure("invalid", "token rejected", self._user))
+            return self._end(Failure("malformed", self.bad_ack, self._user))
+        return super().respond(data)
+
+    def verified(self, result: AuthResult) -> Action:
+        self._expect("verify", "verified")
+        if result.outcome is Outcome.INVALID:
+            fields = self.error_fields | ({"scope": self._scope} if self._scope else {})
+            self._state = "error-ack"
+            return Challenge(json.dumps(fields, separators=(",", ":")).encode("ascii"))
+        selves = (result.account or self._user, *result.addresses)
+        return self._end(grant(result, self._user, self._user, selves, "token does not belong to the claimed user"))
+
+
 __all__ = [
-    "PROCESS_KEY", "keyed", "Malformed", "utf8", "for_log", "authorize", "not_valid",
-    "StatefulMechanism",
+    "PROCESS_KEY", "keyed", "Malformed", "utf8", "for_log", "authorize", "not_valid", "grant",
+    "StatefulMechanism", "OneMessageMechanism", "TokenMechanism",
 ]

@@ -23,12 +23,11 @@ must also be the account the lookup returned, one of its addresses, or listed in
 """
 from __future__ import annotations
 
-import json
 import re
 
-from ..lookup.base import AuthResult, Credentials, Outcome
-from ._common import Malformed, StatefulMechanism, authorize, not_valid, utf8
-from .base import Action, Challenge, Failure, Success, Verify
+from ..lookup.base import Credentials
+from ._common import Malformed, TokenMechanism, utf8
+from .base import Action, Failure, Verify
 
 KVSEP = "\x01"
 _KEY = re.compile(r"[A-Za-z]+")
@@ -106,61 +105,17 @@ def parse(message: bytes) -> tuple[str, dict[str, str]]:
     return authzid, kv
 
 
-def token_success(claimed: str, result: AuthResult, fallback_account: str) -> Success | Failure:
-    """Shared by OAUTHBEARER and XOAUTH2 after a VALID token: the claimed user must be the account
-    itself (its name or one of its addresses) or one it may act for. A lookup that names no account
-    vouches for the user it was asked about."""
-    authzid = authorize(claimed, (result.account or claimed, *result.addresses), result.may_act_for)
-    if authzid is None:
-        return Failure("invalid", "token does not belong to the claimed user", claimed)
-    return Success(account=result.account or fallback_account, authzid=authzid, addresses=result.addresses)
-
-
-def error_json(fields: dict[str, str]) -> bytes:
-    return json.dumps(fields, separators=(",", ":")).encode("ascii")
-
-
-class OAuthBearer(StatefulMechanism):
+class OAuthBearer(TokenMechanism):
     name = "OAUTHBEARER"
-
-    def __init__(self, *, scope: str | None = None) -> None:
-        super().__init__()
-        self._scope = scope
-        self._authzid = ""
-
-    def start(self, initial: bytes | None) -> Action:
-        self._expect("start", "start")
-        if initial is None:
-            self._state = "message"
-            return Challenge(b"")
-        return self._message(initial)
-
-    def respond(self, data: bytes) -> Action:
-        if self._state == "error-ack":
-            if data in (b"", KVSEP.encode()):
-                return self._end(Failure("invalid", "token rejected", self._authzid))
-            return self._end(Failure("malformed", "expected ^A after the error challenge", self._authzid))
-        self._expect("message", "respond")
-        return self._message(data)
+    # RFC 7628 §3.2.2: the failure is reported in a challenge, the client acknowledges it.
+    error_fields = {"status": "invalid_token", "schemes": "bearer"}
+    bad_ack = "expected ^A after the error challenge"
 
     def _message(self, data: bytes) -> Action:
         try:
-            self._authzid, kv = parse(data)
+            self._user, kv = parse(data)
             token = bearer_token(kv)
         except Malformed as exc:
-            return self._end(Failure("malformed", str(exc), self._authzid))
+            return self._end(Failure("malformed", str(exc), self._user))
         self._state = "verify"
-        return Verify(Credentials(mechanism=self.name, username=self._authzid, secret=token, kind="token"))
-
-    def verified(self, result: AuthResult) -> Action:
-        self._expect("verify", "verified")
-        if result.outcome is Outcome.INVALID:
-            # RFC 7628 §3.2.2: the failure is reported in a challenge, the client acknowledges it.
-            fields = {"status": "invalid_token", "schemes": "bearer"}
-            if self._scope:
-                fields["scope"] = self._scope
-            self._state = "error-ack"
-            return Challenge(error_json(fields))
-        if not result.valid:
-            return self._end(not_valid(result, self._authzid))
-        return self._end(token_success(self._authzid, result, self._authzid))
+        return Verify(Credentials(mechanism=self.name, username=self._user, secret=token, kind="token"))

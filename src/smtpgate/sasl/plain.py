@@ -13,8 +13,8 @@ as the authzid). Passwords are passed to the lookup as sent; string preparation 
 from __future__ import annotations
 
 from ..lookup.base import AuthResult, Credentials
-from ._common import Malformed, StatefulMechanism, authorize, for_log, not_valid, utf8
-from .base import Action, Challenge, Failure, Success, Verify
+from ._common import Malformed, OneMessageMechanism, for_log, grant, utf8
+from .base import Action, Failure, Verify
 
 MAX_FIELD = 255  # RFC 4616 §2: each field is at most 255 octets
 
@@ -32,24 +32,13 @@ def parse(message: bytes) -> tuple[str, str, str]:
     return utf8(authzid_b, "authzid"), utf8(authcid_b, "authcid"), utf8(passwd_b, "password")
 
 
-class Plain(StatefulMechanism):
+class Plain(OneMessageMechanism):
     name = "PLAIN"
 
     def __init__(self) -> None:
         super().__init__()
         self._authcid = ""
         self._authzid = ""
-
-    def start(self, initial: bytes | None) -> Action:
-        self._expect("start", "start")
-        if initial is None:
-            self._state = "message"
-            return Challenge(b"")
-        return self._message(initial)
-
-    def respond(self, data: bytes) -> Action:
-        self._expect("message", "respond")
-        return self._message(data)
 
     def _message(self, data: bytes) -> Action:
         try:
@@ -63,10 +52,5 @@ class Plain(StatefulMechanism):
 
     def verified(self, result: AuthResult) -> Action:
         self._expect("verify", "verified")
-        if not result.valid:
-            return self._end(not_valid(result, self._authcid))
-        authzid = authorize(self._authzid, (self._authcid, result.account), result.may_act_for)
-        if authzid is None:
-            return self._end(Failure("invalid", "not allowed to act for the requested authzid", self._authcid))
-        return self._end(Success(account=result.account or self._authcid, authzid=authzid,
-                                 addresses=result.addresses))
+        return self._end(grant(result, self._authcid, self._authzid, (self._authcid, result.account),
+                               "not allowed to act for the requested authzid"))

@@ -17,10 +17,10 @@ are ignored, duplicates are malformed.
 """
 from __future__ import annotations
 
-from ..lookup.base import AuthResult, Credentials, Outcome
-from ._common import Malformed, StatefulMechanism, for_log, not_valid, utf8
-from .base import Action, Challenge, Failure, Verify
-from .oauthbearer import KVSEP, _KEY, bearer_token, error_json, token_success
+from ..lookup.base import Credentials
+from ._common import Malformed, TokenMechanism, for_log, utf8
+from .base import Action, Failure, Verify
+from .oauthbearer import KVSEP, _KEY, bearer_token
 
 
 def parse(message: bytes) -> tuple[str, str]:
@@ -42,29 +42,10 @@ def parse(message: bytes) -> tuple[str, str]:
     return user, bearer_token(kv)
 
 
-class XOAuth2(StatefulMechanism):
+class XOAuth2(TokenMechanism):
     name = "XOAUTH2"
-
-    def __init__(self, *, scope: str | None = None) -> None:
-        super().__init__()
-        self._scope = scope
-        self._user = ""
-
-    def start(self, initial: bytes | None) -> Action:
-        self._expect("start", "start")
-        if initial is None:
-            self._state = "message"
-            return Challenge(b"")
-        return self._message(initial)
-
-    def respond(self, data: bytes) -> Action:
-        if self._state == "error-ack":
-            if data in (b"", KVSEP.encode()):
-                return self._end(Failure("invalid", "token rejected", self._user))
-            return self._end(Failure("malformed", "expected an empty response after the error challenge",
-                                     self._user))
-        self._expect("message", "respond")
-        return self._message(data)
+    error_fields = {"status": "401", "schemes": "Bearer"}
+    bad_ack = "expected an empty response after the error challenge"
 
     def _message(self, data: bytes) -> Action:
         try:
@@ -75,15 +56,3 @@ class XOAuth2(StatefulMechanism):
                                      for_log(user[5:]) if user.startswith(b"user=") else ""))
         self._state = "verify"
         return Verify(Credentials(mechanism=self.name, username=self._user, secret=token, kind="token"))
-
-    def verified(self, result: AuthResult) -> Action:
-        self._expect("verify", "verified")
-        if result.outcome is Outcome.INVALID:
-            fields = {"status": "401", "schemes": "Bearer"}
-            if self._scope:
-                fields["scope"] = self._scope
-            self._state = "error-ack"
-            return Challenge(error_json(fields))
-        if not result.valid:
-            return self._end(not_valid(result, self._user))
-        return self._end(token_success(self._user, result, self._user))
