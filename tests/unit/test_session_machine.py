@@ -59,7 +59,7 @@ def lookups(settings):
 
 
 def session(settings, lookups, listener="submission", tls=None, starttls=True) -> Session:
-    ctx = ListenerContext(settings, settings.listeners[listener], lookups, None, starttls_available=starttls)
+    ctx = ListenerContext(settings, settings.listeners[listener], lookups, starttls_available=starttls)
     return Session(ctx, "192.0.2.10", 40000, "127.0.0.1", 587, tls)
 
 

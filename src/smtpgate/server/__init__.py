@@ -71,7 +71,7 @@ class Server:
             if listener.tls.enable:
                 ssl_ctx = server_context(s.certificates[listener.tls.certificate], listener.tls)
                 self._ssl_contexts[ident] = ssl_ctx
-            ctx = ListenerContext(s, listener, self.lookups, self.delivery, starttls_available=ssl_ctx is not None)
+            ctx = ListenerContext(s, listener, self.lookups, starttls_available=ssl_ctx is not None)
             servers = []
             for host, port in listener.binds:
                 family = socket.AF_INET6 if ":" in host else socket.AF_INET

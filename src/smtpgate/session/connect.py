@@ -33,9 +33,5 @@ def _lookup(lookups: dict, name: str | None) -> Any:
     return None if name is None else lookups[name]
 
 
-def start(s: "Session") -> None:
-    evaluate(s)
-
-
 def evaluate(s: "Session") -> None:
     s.params = SessionParams(s)

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Generator
 
 from ..config.model import ListenerSettings, Settings
-from ..delivery.base import Delivery, Envelope
+from ..delivery.base import Envelope
 from ..lookup.base import Credentials, Lookup
 from ..protocol import replies as R
 from ..protocol.commands import Address
@@ -110,11 +110,10 @@ class ListenerContext:
     """Everything a session of one listener shares; built once by the server."""
 
     def __init__(self, settings: Settings, listener: ListenerSettings, lookups: dict[str, Lookup],
-                 delivery: Delivery | None, starttls_available: bool):
+                 starttls_available: bool):
         self.settings = settings
         self.listener = listener
         self.lookups = lookups
-        self.delivery = delivery
         self.starttls_available = starttls_available and not listener.tls.implicit
         self.hostname = listener.hostname or settings.hostname
         self.greeting = R.reply(220, f"{self.hostname} {listener.greeting or settings.greeting}")
@@ -139,7 +138,7 @@ class Session:
         self.messages = 0
         self._reset_state()
         from . import connect
-        connect.start(self)
+        connect.evaluate(self)
 
     # -- small helpers the stages use ---------------------------------------------------------------
     def reply(self, data: bytes) -> None:
