@@ -85,6 +85,11 @@ class Server:
                     log.info("listener %s on %s (%s%s)", ident, _fmt(sock.getsockname()), listener.protocol,
                              ", implicit TLS" if listener.tls.implicit else ", STARTTLS" if ssl_ctx else "")
             self._servers[ident] = servers
+            socks = [sock for srv in servers for sock in srv.sockets]
+            if len(socks) == 1:
+                host, port = socks[0].getsockname()[:2]
+                if host not in ("0.0.0.0", "::"):
+                    ctx.local_addr = (host, port)
         self._sweeper = loop.create_task(self._sweep())
         return self
 

@@ -58,8 +58,9 @@ class SmtpConnection(asyncio.Protocol):
         self.transport = transport
         self.started = self.last_active = time.monotonic()
         peer = transport.get_extra_info("peername") or ("", 0)
-        sock = transport.get_extra_info("sockname") or ("", 0)
-        info = tls_info(transport.get_extra_info("ssl_object"))
+        # A listener bound to one address knows its local end without a getsockname() per connection.
+        sock = self.ctx.local_addr or transport.get_extra_info("sockname") or ("", 0)
+        info = tls_info(transport.get_extra_info("ssl_object")) if self.ctx.listener.tls.implicit else None
         if not self.server._register(self):
             transport.write(R.TOO_MANY_CONNECTIONS)
             transport.close()

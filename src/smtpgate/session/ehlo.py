@@ -47,6 +47,20 @@ def helo(s: "Session", arg: str) -> None:
 
 
 def capabilities(s: "Session") -> bytes:
+    """The EHLO reply. When the settings it reads are constants it depends only on the session's TLS,
+    authentication and lookup state, so it is built once per state and reused."""
+    cfg = s.ctx.settings.session
+    if cfg.data_max_size.constant and cfg.auth_mechanisms.constant and cfg.auth_allow_plain_text.constant:
+        key = (s.tls is None, s.tls is not None and s.tls.channel_binding is not None,
+               s.auth_account is None, id(s.params.auth_lookup))
+        cached = s.ctx.ehlo_cache.get(key)
+        if cached is None:
+            cached = s.ctx.ehlo_cache[key] = _build(s)
+        return cached
+    return _build(s)
+
+
+def _build(s: "Session") -> bytes:
     lines = [f"{s.ctx.hostname} says hello", "PIPELINING", "8BITMIME", "ENHANCEDSTATUSCODES"]
     size = s.ctx.settings.session.data_max_size.evaluate(s.vars)
     lines.append(f"SIZE {size}")

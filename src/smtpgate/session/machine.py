@@ -118,6 +118,10 @@ class ListenerContext:
         self.hostname = listener.hostname or settings.hostname
         self.greeting = R.reply(220, f"{self.hostname} {listener.greeting or settings.greeting}")
         self.lmtp = listener.protocol == "lmtp"
+        self.local_addr: tuple[str, int] | None = None  # set by the server when the listener has one address
+        self.ehlo_cache: dict[tuple, bytes] = {}       # see ehlo.capabilities
+        from . import connect
+        self.shared_params = connect.shared(self)
 
 
 class Session:
