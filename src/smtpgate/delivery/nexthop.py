@@ -22,7 +22,7 @@ import logging
 import re
 
 from ..config.model import RemoteSettings
-from ..lookup.remote_smtp import _reply as read_reply
+from ..lookup.remote_smtp import read_reply
 from ..lookup.tlsclient import LineStream, RemoteProtocolError, client_context, describe_error
 from .base import Delivery, Envelope, RcptResult
 

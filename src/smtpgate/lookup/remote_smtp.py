@@ -31,7 +31,7 @@ _MAX_REPLY_LINES = 100
 _NOT_ABOUT_CREDENTIALS = frozenset({500, 501, 502, 503, 504, 530, 534, 538})
 
 
-async def _reply(stream: LineStream) -> tuple[int, list[str]]:
+async def read_reply(stream: LineStream) -> tuple[int, list[str]]:
     """One (possibly multi-line) reply: its code and the text of each line."""
     code: int | None = None
     texts: list[str] = []
@@ -81,7 +81,7 @@ class SmtpAuthLookup(RemoteAuthLookup):
 
     async def _command(self, stream: LineStream, line: bytes) -> tuple[int, list[str]]:
         await stream.send(line + b"\r\n")
-        return await _reply(stream)
+        return await read_reply(stream)
 
     async def _hello(self, stream: LineStream) -> dict[str, list[str]] | AuthResult:
         verb = b"LHLO " if self.settings.protocol == "lmtp" else b"EHLO "
@@ -91,7 +91,7 @@ class SmtpAuthLookup(RemoteAuthLookup):
         return _extensions(texts)
 
     async def _converse(self, stream: LineStream, creds: Credentials) -> AuthResult:
-        code, texts = await _reply(stream)
+        code, texts = await read_reply(stream)
         if code != 220:
             return unavailable(f"{self.where}: remote refused the connection: {code} {_short(texts)}")
         log.debug("%s: connected to %s (tls=%s)", self.name, self.where, stream.tls)
