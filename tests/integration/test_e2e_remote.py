@@ -19,6 +19,7 @@ import pytest
 
 from tests.fixtures.certs import test_pki  # noqa: F401  (fixture)
 from tests.fixtures.dovecot import DOMAIN, DovecotServer, dovecot, dovecot_session  # noqa: F401  (fixtures)
+from tests.integration.test_auth_seed import SEED
 from tests.fixtures.server import BASE_CONFIG, run_server
 from tests.integration.test_lookup_e2e import (
     INVALID, NOT_OWNED, OK, TEMPFAIL, assert_black_hole, assert_failures_counted, assert_spooled,
@@ -181,19 +182,7 @@ def test_remote_cache(tmp_path: Path, dovecot: DovecotServer) -> None:
 # ----------------------------------------------------------------------------------------------------
 # the seed's example
 
-SEED_AUTH = """
-[session.auth]
-mechanisms = [ { if = "listener", ne = "smtp", then = ["plain", "login"]},
-               { else = [] } ]
-lookup = [ { if = "listener", ne = "smtp", then = "remote/imap" }, 
-           { else = false } ]
-require = [ { if = "listener", ne = "smtp", then = true},
-            { else = false } ]
-
-[session.auth.errors]
-total = 3
-wait = "5s"
-"""
+SEED_AUTH = SEED  # the seed document's block, verbatim (tests/integration/test_auth_seed.py)
 
 
 def seed_config(dc: DovecotServer, wait: str | None = None) -> str:
