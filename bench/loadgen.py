@@ -205,7 +205,6 @@ class Worker:
         loop = asyncio.get_running_loop()
         c = None
         timer = None
-        t0 = time.monotonic()
         try:
             c = await asyncio.wait_for(self._connect(), self.a.timeout)
             timer = loop.call_later(self.a.timeout if not attacker else self.a.timeout + 60, c.abort)
@@ -337,7 +336,6 @@ class Worker:
         return cpu
 
     async def idle(self, n: int, q, release):
-        loop = asyncio.get_running_loop()
         sem = asyncio.Semaphore(128)  # ramp up without overflowing the server's accept backlog
         conns = []
         failed = collections.Counter()

@@ -129,7 +129,6 @@ def make_users(dirpath: Path, n: int) -> Path:
 
 
 def _hash_one(pw: str) -> str:
-    from argon2 import PasswordHasher
     return _hasher().hash(pw)
 
 

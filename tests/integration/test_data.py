@@ -8,7 +8,6 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
 
 from smtpgate.delivery.spool import read_message
 from tests.fixtures.server import SERVER_HEAD, listeners, run_server

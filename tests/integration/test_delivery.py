@@ -9,7 +9,6 @@ import time
 import uuid
 from pathlib import Path
 
-import pytest
 
 import smtpgate
 from smtpgate.delivery.spool import read_message

@@ -39,7 +39,6 @@ import asyncpg
 import pytest
 
 from smtpgate.delivery.spool import read_message
-from smtpgate.lookup.sql import SqlError
 from smtpgate.lookup.users import UserStore
 from tests.fixtures.certs import make_pki
 from tests.fixtures.dovecot import black_hole  # noqa: F401  (fixture)

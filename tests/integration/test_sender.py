@@ -6,7 +6,6 @@ import asyncio
 import base64
 from pathlib import Path
 
-import pytest
 
 from smtpgate.delivery.spool import read_message
 from smtpgate.lookup.users import UserStore

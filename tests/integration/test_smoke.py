@@ -1,6 +1,5 @@
 """Smoke test: the three-listener Stalwart-style config, EHLO on each, AUTH PLAIN, a message spooled."""
 import base64
-import ssl
 
 from tests.fixtures.server import BASE_CONFIG, run_server
 from tests.smtpclient import Raw, client_tls
