@@ -7,17 +7,18 @@ Deliver, ...) and the test answers it the way the transport would.
 from __future__ import annotations
 
 import base64
+import secrets
 
 import pytest
 
 from smtpgate.config.load import load_text
 from smtpgate.delivery.base import RcptResult
 from smtpgate.lookup import registry
-from smtpgate.lookup.base import AuthResult, Credentials, Outcome
+from smtpgate.lookup.base import AuthResult, Credentials, Outcome, SecretRecord
 from smtpgate.protocol.reader import TOO_LONG, DataResult, LineReader
 from smtpgate.session import ListenerContext, Session, TlsInfo
-from smtpgate.session.machine import (UNAVAILABLE, Authenticate, Contains, Deliver, ReadData, ReadLine, Sleep,
-                                      StartTls)
+from smtpgate.session.machine import (UNAVAILABLE, Authenticate, Compute, Contains, Deliver, GetSecret, ReadData,
+                                      ReadLine, Sleep, StartTls)
 
 CONFIG = """
 [server]
@@ -378,3 +379,27 @@ def test_feeding_raw_bytes_through_the_reader(settings, lookups):
     codes = [x[:3] for x in replies if x and x[3:4] == b" "]
     assert codes == [b"250", b"250", b"250", b"500", b"221"]
     assert r.next_line() == b"NOOP"                               # left unread after QUIT
+
+
+def test_scram_key_derivation_runs_off_the_loop_once(settings):
+    """A plaintext secret means PBKDF2 for SCRAM: the stage hands that to the executor (Compute), and only
+    until the derived keys are cached."""
+    cfg = load_text(CONFIG.replace('then = ["plain", "login"]', 'then = ["plain", "scram-sha-256"]'))
+    lks = registry.build(cfg)
+    password = secrets.token_hex(8)             # never derived before in this process
+    record = SecretRecord(account="john@example.org", plaintext=password)
+    first = b64(b"n,,n=john@example.org,r=" + secrets.token_hex(8).encode())
+
+    def start() -> object:
+        s = session(cfg, lks, tls=TLS)
+        cmd(s, b"EHLO c")
+        gen = s.handle(b"AUTH SCRAM-SHA-256 " + first)
+        assert isinstance(gen.send(None), GetSecret)
+        return s, gen, gen.send(record)
+
+    s, gen, req = start()
+    assert isinstance(req, Compute) and out(s) == b""          # no challenge computed on the loop
+    assert isinstance(gen.send(req.fn(*req.args)), ReadLine)
+    assert out(s).startswith(b"334 ")
+    s, gen, req = start()                                        # same user and password: cached keys
+    assert isinstance(req, ReadLine) and out(s).startswith(b"334 ")

@@ -90,3 +90,8 @@ class Mechanism:
     def secret(self, record: SecretRecord | None) -> Action:
         """Result of the NeedSecret action (None: unknown user -- mechanism must fake its way on)."""
         raise NotImplementedError
+
+    def secret_is_costly(self, record: SecretRecord | None) -> bool:
+        """True when ``secret(record)`` would do CPU-heavy work (key derivation): the stage then runs it
+        off the event loop. ``secret`` must be thread-safe for such records."""
+        return False

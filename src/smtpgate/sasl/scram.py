@@ -172,6 +172,16 @@ class Scram(StatefulMechanism):
         self._state = "client-final"
         return Challenge(server_first.encode())
 
+    def secret_is_costly(self, record: SecretRecord | None) -> bool:
+        """A plaintext secret without stored keys means PBKDF2 -- unless it was derived before."""
+        if record is None or record.plaintext is None or self._hash in record.scram:
+            return False
+        with _derived_lock:
+            return self._derived_key(record.plaintext) not in _derived
+
+    def _derived_key(self, plaintext: str) -> bytes:
+        return keyed("scram-derived", self._hash, self._username, str(self._iterations), plaintext)
+
     def _keys_for(self, record: SecretRecord | None) -> _KeyTuple | None:
         if record is None:
             return None
@@ -189,7 +199,7 @@ class Scram(StatefulMechanism):
         return None
 
     def _derive(self, plaintext: str) -> _KeyTuple | None:
-        cache_key = keyed("scram-derived", self._hash, self._username, str(self._iterations), plaintext)
+        cache_key = self._derived_key(plaintext)
         with _derived_lock:
             hit = _derived.get(cache_key)
             if hit is not None:

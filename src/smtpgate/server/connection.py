@@ -19,10 +19,11 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ..lookup.base import AuthResult, LookupUnavailable, Outcome
+from ..lookup.secrets import run_sync
 from ..protocol import replies as R
 from ..protocol.reader import TOO_LONG, LineReader
-from ..session.machine import (UNAVAILABLE, Authenticate, Contains, Deliver, GetSecret, ListenerContext, ReadData,
-                               ReadLine, Session, Sleep, StartTls)
+from ..session.machine import (UNAVAILABLE, Authenticate, Compute, Contains, Deliver, GetSecret, ListenerContext,
+                               ReadData, ReadLine, Session, Sleep, StartTls)
 from .tls import tls_info
 
 if TYPE_CHECKING:
@@ -252,6 +253,8 @@ class SmtpConnection(asyncio.Protocol):
             except (TimeoutError, Exception) as exc:  # noqa: BLE001
                 log.warning("lookup %s failed: %s", req.lookup.name, type(exc).__name__)
                 return UNAVAILABLE
+        if kind is Compute:
+            return await run_sync(req.fn, *req.args)
         if kind is StartTls:
             return await self._starttls()
         if kind is Deliver:

@@ -26,7 +26,7 @@ from ..lookup.base import AuthResult, Outcome
 from ..protocol import replies as R
 from ..protocol.reader import SASL_LINE_LIMIT, TOO_LONG
 from ..sasl.base import Challenge, Failure, NeedSecret, Success, Verify
-from .machine import UNAVAILABLE, Authenticate, GetSecret, ReadLine, Sleep
+from .machine import UNAVAILABLE, Authenticate, Compute, GetSecret, ReadLine, Sleep
 
 if TYPE_CHECKING:
     from .machine import Session
@@ -175,7 +175,14 @@ def _exchange(s: "Session", name: str, mech, initial: str | None) -> Generator:
                 _log(s, name, user, "tempfail", "secret lookup unavailable")
                 s.reply(R.AUTH_TEMPFAIL)
                 return
-            action = mech.secret(record)
+            if mech.secret_is_costly(record):
+                action = yield Compute(mech.secret, (record,))   # e.g. PBKDF2: never on the event loop
+                if action is None:
+                    _log(s, name, user, "tempfail", "secret processing failed")
+                    s.reply(R.AUTH_TEMPFAIL)
+                    return
+            else:
+                action = mech.secret(record)
         elif isinstance(action, Success):
             if action.final_data is not None:
                 # RFC 4954 §4: additional data with success goes in a 334; the client answers empty.

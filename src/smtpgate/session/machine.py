@@ -77,6 +77,12 @@ class Deliver:
     next_hop: str | None = None         # queue.outbound.next-hop: "remote/<id>", or None for the spool
 
 
+@dataclass(frozen=True, slots=True)
+class Compute:
+    fn: Any                             # CPU-heavy, thread-safe callable (SCRAM key derivation)
+    args: tuple                         # answer: fn(*args), run in the hash executor; None if it raised
+
+
 UNAVAILABLE = object()                  # a lookup could not answer (GetSecret / Contains)
 
 
