@@ -25,8 +25,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--data-dir", default=os.environ.get("SMTPGATE_DATA", defaults.DEFAULT_DATA_DIR),
                        help="where the embedded default keeps its certificate, users and spool")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.add_argument("--pid-file", help="for smtpgate reload (default: <data dir>/smtpgate.pid if that dir exists)")
     check = sub.add_parser("check-config", help="validate a configuration and exit")
     check.add_argument("--config", required=True)
+    from . import opscli  # explain, spool, reload: each registers itself with set_defaults(run=...)
+    opscli.add_parsers(sub)
     try:
         from . import usercli
         usercli.add_parser(sub)
@@ -57,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
             return _serve(args)
         if args.command == "user":
             return _user(args)
+        if getattr(args, "run", None) is not None:
+            return args.run(args)
     except ConfigError as exc:
         print(exc.line(), file=sys.stderr)
         return 1
@@ -105,16 +110,19 @@ def _serve(args: argparse.Namespace) -> int:
     except ImportError:
         runner = asyncio.run
     try:
-        return runner(_run(settings))
+        return runner(_run(settings, args))
     except OSError as exc:
         print(f"smtpgate: cannot start: {exc.strerror or exc}", file=sys.stderr)
         return 1
 
 
-async def _run(settings) -> int:
+async def _run(settings, args=None) -> int:
     from .server import Server
+    from .service import Service
     server = Server(settings)
     await server.start()
+    service = Service(server, settings, getattr(args, "pid_file", None), getattr(args, "data_dir", None))
+    service.started()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -123,7 +131,9 @@ async def _run(settings) -> int:
     await stop.wait()
     logging.getLogger("smtpgate").info("stopping: no new connections, %d sessions finishing",
                                        server.connection_count)
+    service.stopping()
     await server.stop()
+    service.stopped()
     return 0
 
 

@@ -42,6 +42,7 @@ class Server:
         self._next_hops: dict[str, Delivery] = {}
         self._servers: dict[str, list[asyncio.AbstractServer]] = {}
         self._ssl_contexts: dict[str, ssl.SSLContext] = {}
+        self._contexts: dict[str, ListenerContext] = {}   # current per listener; swapped by reload.py
         self._connections: set[SmtpConnection] = set()
         self._per_listener: dict[str, int] = {}
         self._sweeper: asyncio.Task | None = None
@@ -71,12 +72,12 @@ class Server:
             if listener.tls.enable:
                 ssl_ctx = server_context(s.certificates[listener.tls.certificate], listener.tls)
                 self._ssl_contexts[ident] = ssl_ctx
-            ctx = ListenerContext(s, listener, self.lookups, starttls_available=ssl_ctx is not None)
+            ctx = self._contexts[ident] = ListenerContext(s, listener, self.lookups, starttls_available=ssl_ctx is not None)
             servers = []
             for host, port in listener.binds:
                 family = socket.AF_INET6 if ":" in host else socket.AF_INET
                 srv = await loop.create_server(
-                    lambda ctx=ctx: SmtpConnection(self, ctx), host, port, family=family,
+                    lambda ident=ident, ctx=ctx: SmtpConnection(self, self._contexts.get(ident, ctx)), host, port, family=family,
                     ssl=ssl_ctx if listener.tls.implicit else None,
                     ssl_handshake_timeout=listener.tls.timeout if listener.tls.implicit else None,
                     reuse_address=True, backlog=1024)
@@ -132,6 +133,11 @@ class Server:
 
     async def __aexit__(self, *exc: Any) -> None:
         await self.stop(grace=1.0)
+
+    async def reload(self, path: str) -> bool:
+        """Re-read ``path`` and serve new sessions with it (see ``smtpgate.reload``)."""
+        from ..reload import reload
+        return await reload(self, path)
 
     async def serve_forever(self) -> None:
         await self._stopped.wait()

@@ -1,0 +1,344 @@
+"""Reload without dropping anyone: SIGHUP (or ``smtpgate reload``, or ``systemctl reload smtpgate``).
+
+Theory of operation
+-------------------
+A reload builds a complete new *generation* -- settings, lookups, per-listener contexts, TLS contexts,
+next hops -- next to the running one, and swaps it in only when every part of it was built:
+
+1. the file is read and validated exactly as at startup (``config.load``); lookups are constructed and
+   started, TLS contexts loaded, new or moved listeners bound. Any failure logs ONE line
+   ``Configuration error: <key path>: <reason>``, releases what was built, and the old generation keeps
+   serving untouched.
+2. The swap: each listener's protocol factory reads the server's current context for that listener at
+   accept time, so a session gets the generation that was current when it connected and keeps it to the
+   end (``ListenerContext`` carries settings and lookups). New sessions see the new mechanisms,
+   limits, if-blocks and certificate at once.
+3. Certificates: STARTTLS picks the listener's current ``SSLContext`` at the handshake; an implicit-TLS
+   socket keeps the context it was created with, so that context is updated in place
+   (``load_cert_chain`` replaces the chain for handshakes that start afterwards; OpenSSL gives each
+   connection its own copy, so handshakes in progress are not disturbed).
+4. Listeners: added ones are bound in step 1; removed ones stop accepting (their sessions finish);
+   ones whose bind addresses changed are re-bound (old sockets closed after the new ones are up).
+5. The old generation's lookups are closed once no session of that generation remains (checked every
+   second), so a session halfway through AUTH still has its store.
+
+With ``server.run-as`` the process no longer has root after startup: a reload can change everything
+except binding new ports below 1024 (use the systemd unit's ``AmbientCapabilities=CAP_NET_BIND_SERVICE``
+instead of run-as if listeners on such ports must come and go by reload).
+
+How the CLI finds the server: ``smtpgate serve`` writes its pid to ``--pid-file`` (default
+``<data dir>/smtpgate.pid``, where ``SMTPGATE_DATA`` points under systemd); ``smtpgate reload`` reads it
+and sends SIGHUP. Under systemd, ``systemctl reload smtpgate`` sends SIGHUP to ``$MAINPID`` and waits for
+the ``RELOADING=1`` ... ``READY=1`` notifications this module sends.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import socket
+import ssl
+import sys
+from typing import Any
+
+from .config.errors import ConfigError
+
+log = logging.getLogger("smtpgate")
+
+PID_FILE = "smtpgate.pid"
+
+
+# -- the CLI side --------------------------------------------------------------------------------------
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser("reload", help="make a running server re-read its configuration (SIGHUP)",
+                       description="Send SIGHUP to the running server found through its pid file. With "
+                                   "--config the file is validated first and nothing is sent if it is "
+                                   "invalid. The server logs the outcome of the reload.")
+    p.add_argument("--pid-file", help="default: <data dir>/smtpgate.pid")
+    p.add_argument("--data-dir", default=None, help="data directory of the server (default: $SMTPGATE_DATA)")
+    p.add_argument("--config", help="validate this file before signalling")
+    p.set_defaults(run=run)
+
+
+def default_pid_file(data_dir: str | None) -> str:
+    from . import defaults
+    return os.path.join(data_dir or os.environ.get("SMTPGATE_DATA", defaults.DEFAULT_DATA_DIR), PID_FILE)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.config:
+        from .config.load import load_file
+        load_file(args.config)           # ConfigError -> one line, exit 1 (cli.main)
+    path = args.pid_file or default_pid_file(args.data_dir)
+    try:
+        with open(path, encoding="ascii") as fh:
+            pid = int(fh.read().strip())
+    except (OSError, ValueError) as exc:
+        print(f"smtpgate reload: cannot read pid file {path}: {getattr(exc, 'strerror', None) or exc}", file=sys.stderr)
+        return 1
+    if not _is_smtpgate(pid):
+        print(f"smtpgate reload: pid {pid} from {path} is not a running smtpgate (stale pid file?)", file=sys.stderr)
+        return 1
+    try:
+        os.kill(pid, signal.SIGHUP)
+    except OSError as exc:
+        print(f"smtpgate reload: cannot signal pid {pid}: {exc.strerror}", file=sys.stderr)
+        return 1
+    print(f"smtpgate reload: sent SIGHUP to pid {pid}; the server logs whether the new configuration was taken")
+    return 0
+
+
+def _is_smtpgate(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            return b"smtpgate" in fh.read()
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True          # no /proc: trust the pid file
+
+
+class PidFile:
+    """Written at startup (after the privilege drop would make /run unwritable, so before it), removed
+    at exit if it still holds our pid."""
+
+    def __init__(self, path: str | None):
+        self.path = path
+        if path:
+            try:
+                os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+                tmp = f"{path}.{os.getpid()}.tmp"
+                with open(tmp, "w", encoding="ascii") as fh:
+                    fh.write(f"{os.getpid()}\n")
+                os.replace(tmp, path)
+            except OSError as exc:
+                log.warning("cannot write pid file %s: %s (smtpgate reload will not find this server)",
+                            path, exc.strerror)
+                self.path = None
+
+    def remove(self) -> None:
+        if not self.path:
+            return
+        try:
+            with open(self.path, encoding="ascii") as fh:
+                if fh.read().strip() == str(os.getpid()):
+                    os.unlink(self.path)
+        except OSError:
+            pass
+
+
+# -- the server side ---------------------------------------------------------------------------------
+def install(server: Any, path: str) -> None:
+    """SIGHUP -> reload ``path`` into ``server`` (one reload at a time; signals during one coalesce)."""
+    loop = asyncio.get_running_loop()
+    state = {"task": None, "again": False}
+
+    def on_hup() -> None:
+        if state["task"] is not None and not state["task"].done():
+            state["again"] = True
+            return
+        state["task"] = loop.create_task(_loop())
+
+    async def _loop() -> None:
+        while True:
+            state["again"] = False
+            await reload(server, path)
+            if not state["again"]:
+                return
+
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
+
+
+async def reload(server: Any, path: str) -> bool:
+    """Load ``path`` and swap it into ``server``. True when the new configuration serves."""
+    from . import sdnotify
+    sdnotify.reloading()
+    try:
+        ok = await _reload(server, path)
+    finally:
+        sdnotify.ready()
+    return ok
+
+
+async def _reload(server: Any, path: str) -> bool:
+    from .config.load import load_file
+    from .lookup import registry
+    loop = asyncio.get_running_loop()
+    log.info("reloading configuration from %s", path)
+    built: dict[str, Any] = {"lookups": {}, "servers": {}}
+    try:
+        settings = await loop.run_in_executor(None, load_file, path)
+        lookups = registry.build(settings)
+        built["lookups"] = lookups
+        lookups.update(server._custom_lookups)
+        for lk in registry.unique(lookups):
+            if lk not in server._custom_lookups.values():
+                await lk.start()
+        plan = await _prepare_listeners(server, settings, lookups, built)
+        hops = _next_hops(server, settings)
+        delivery = None
+        if server._custom_delivery is None and settings.queue_path != server.settings.queue_path:
+            from .delivery.spool import Spool
+            delivery = Spool(settings.queue_path)
+            await delivery.start()
+    except ConfigError as exc:
+        log.error("%s (reload refused; the running configuration stays)", exc.line())
+        await _discard(server, built)
+        return False
+    except Exception as exc:  # noqa: BLE001 - whatever it was, the old configuration keeps serving
+        log.error("Configuration error: %s: %s (reload refused; the running configuration stays)",
+                  path, _describe(exc))
+        await _discard(server, built)
+        return False
+
+    # -- the swap: nothing below can fail --------------------------------------------------------------
+    old_settings, old_lookups, old_delivery = server.settings, server.lookups, server.delivery
+    server.settings = settings
+    server.lookups = lookups
+    for name, hop in hops.items():
+        server._next_hops[name] = hop
+    if delivery is not None:
+        server.delivery = delivery
+    retired_servers = []
+    for ident, (ctx, ssl_ctx, new_servers) in plan.items():
+        if new_servers is not None:
+            retired_servers += server._servers.get(ident, [])
+            server._servers[ident] = new_servers
+        if ssl_ctx is not None:
+            server._ssl_contexts[ident] = ssl_ctx
+        else:
+            server._ssl_contexts.pop(ident, None)
+        server._contexts[ident] = ctx
+    for ident in [i for i in list(server._servers) if i not in settings.listeners]:
+        retired_servers += server._servers.pop(ident)
+        server._ssl_contexts.pop(ident, None)
+        server._contexts.pop(ident, None)
+        log.info("listener %s removed: no new connections, its sessions finish", ident)
+    for srv in retired_servers:
+        srv.close()
+    loop.create_task(_retire(server, old_settings, old_lookups, old_delivery))
+    log.info("configuration reloaded from %s: %d listener(s); sessions in progress keep the previous settings",
+             path, len(settings.listeners))
+    return True
+
+
+async def _prepare_listeners(server: Any, settings: Any, lookups: dict, built: dict) -> dict:
+    """ident -> (ListenerContext, SSLContext | None, new asyncio servers | None when the sockets stay)."""
+    from .server import SmtpConnection, _fmt
+    from .server.tls import server_context
+    from .session.machine import ListenerContext
+    loop = asyncio.get_running_loop()
+    plan = {}
+    for ident, listener in settings.listeners.items():
+        ssl_ctx = None
+        if listener.tls.enable:
+            try:
+                ssl_ctx = server_context(settings.certificates[listener.tls.certificate], listener.tls)
+            except ssl.SSLError as exc:
+                raise ConfigError(f"certificate.{listener.tls.certificate}", f"cannot be loaded: {exc.reason or exc}") from None
+        old = server.settings.listeners.get(ident)
+        keep = (old is not None and old.binds == listener.binds and ident in server._servers
+                and old.tls.implicit == listener.tls.implicit)
+        ctx = ListenerContext(settings, listener, lookups, starttls_available=ssl_ctx is not None)
+        if keep:
+            if listener.tls.implicit:
+                # The listening socket keeps its SSLContext object: give that object the new chain and
+                # protocol range (handshakes that start from now on use them).
+                current = server._ssl_contexts[ident]
+                _update_in_place(current, settings.certificates[listener.tls.certificate], listener.tls)
+                ssl_ctx = current
+            old_ctx = server._contexts.get(ident)
+            if old_ctx is not None:
+                ctx.local_addr = old_ctx.local_addr
+            plan[ident] = (ctx, ssl_ctx, None)
+            continue
+        servers = []
+        built["servers"][ident] = servers
+        for host, port in listener.binds:
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            try:
+                srv = await loop.create_server(
+                    lambda ident=ident, ctx=ctx: SmtpConnection(server, server._contexts.get(ident, ctx)), host, port, family=family,
+                    ssl=ssl_ctx if listener.tls.implicit else None,
+                    ssl_handshake_timeout=listener.tls.timeout if listener.tls.implicit else None,
+                    reuse_address=True, backlog=1024)
+            except OSError as exc:
+                raise ConfigError(f"server.listener.{ident}.bind",
+                                  f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+            servers.append(srv)
+            for sock in srv.sockets:
+                log.info("listener %s on %s (%s%s)", ident, _fmt(sock.getsockname()), listener.protocol,
+                         ", implicit TLS" if listener.tls.implicit else ", STARTTLS" if ssl_ctx else "")
+        socks = [sock for srv in servers for sock in srv.sockets]
+        if len(socks) == 1:
+            host, port = socks[0].getsockname()[:2]
+            if host not in ("0.0.0.0", "::"):
+                ctx.local_addr = (host, port)
+        plan[ident] = (ctx, ssl_ctx, servers)
+    return plan
+
+
+def _update_in_place(ctx: ssl.SSLContext, cert: Any, tls: Any) -> None:
+    from .server.tls import server_context
+    fresh = server_context(cert, tls)            # validates first: a bad pair never touches ctx
+    del fresh
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        cpath, kpath = os.path.join(tmp, "cert.pem"), os.path.join(tmp, "key.pem")
+        with open(cpath, "w") as fh:
+            fh.write(cert.cert_pem)
+        with os.fdopen(os.open(kpath, os.O_WRONLY | os.O_CREAT, 0o600), "w") as fh:
+            fh.write(cert.key_pem)
+        ctx.load_cert_chain(cpath, kpath)
+    versions = sorted({"TLSv1.2": ssl.TLSVersion.TLSv1_2, "TLSv1.3": ssl.TLSVersion.TLSv1_3}[p] for p in tls.protocols)
+    ctx.minimum_version, ctx.maximum_version = versions[0], versions[-1]
+
+
+def _next_hops(server: Any, settings: Any) -> dict:
+    """New next hops by name. Names that disappear stay until the process ends: a session of the old
+    generation may still hand a message to them."""
+    if server._custom_delivery is not None:
+        return {}
+    from .delivery.nexthop import NextHop
+    return {f"remote/{ident}": NextHop(remote, settings.hostname)
+            for ident, remote in settings.remotes.items() if remote.protocol in ("smtp", "lmtp")}
+
+
+async def _discard(server: Any, built: dict) -> None:
+    from .lookup import registry
+    for servers in built["servers"].values():
+        for srv in servers:
+            srv.close()
+    for lk in registry.unique(built["lookups"]):
+        if lk in server._custom_lookups.values():
+            continue
+        try:
+            await lk.close()
+        except Exception:  # noqa: BLE001
+            pass
+
+
+async def _retire(server: Any, settings: Any, lookups: dict, delivery: Any) -> None:
+    """Close the previous generation's lookups once its last session has ended."""
+    from .lookup import registry
+    while any(conn.ctx.settings is settings for conn in list(server._connections)):
+        await asyncio.sleep(1.0)
+    current = {id(lk) for lk in registry.unique(server.lookups)}
+    for lk in registry.unique(lookups):
+        if id(lk) in current or lk in server._custom_lookups.values():
+            continue
+        try:
+            await lk.close()
+        except Exception:  # noqa: BLE001
+            log.exception("closing lookup %s", lk.name)
+    if delivery is not None and delivery is not server.delivery and delivery is not server._custom_delivery:
+        await delivery.close()
+    log.debug("previous configuration retired: its last session ended")
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc)
+    return f"{type(exc).__name__}: {exc}"
