@@ -38,6 +38,7 @@ def drop(run_as: RunAs | None, own: list[str] = ()) -> bool:
         return False
     for top in own:
         _chown_tree(top, run_as.uid, run_as.gid)
+    _import_runtime()
     try:
         os.setgroups(os.getgrouplist(run_as.user, run_as.gid))
         os.setgid(run_as.gid)
@@ -54,6 +55,28 @@ def drop(run_as: RunAs | None, own: list[str] = ()) -> bool:
     os.environ["USER"] = os.environ["LOGNAME"] = run_as.user
     log.info("running as user %s (uid %d), group %s (gid %d)", run_as.user, run_as.uid, run_as.group, run_as.gid)
     return True
+
+
+def _import_runtime() -> None:
+    """Import every runtime module while still root. After the switch the process may no longer read
+    its own installation (a virtualenv or pyenv under /root is 0700), and the session stages, SASL
+    mechanisms and delivery modules are partly imported on first use."""
+    import importlib
+    import pkgutil
+
+    import smtpgate
+    for info in pkgutil.walk_packages(smtpgate.__path__, "smtpgate."):
+        if info.name.rsplit(".", 1)[-1].startswith("__"):
+            continue
+        try:
+            importlib.import_module(info.name)
+        except Exception:  # noqa: BLE001 - optional backends (ldap3, asyncpg, ...) may be absent
+            pass
+    for name in ("encodings.idna", "encodings.ascii", "encodings.latin_1", "encodings.utf_8"):
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            pass
 
 
 def _chown_tree(top: str, uid: int, gid: int) -> None:

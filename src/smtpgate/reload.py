@@ -324,7 +324,11 @@ async def _retire(server: Any, settings: Any, lookups: dict, delivery: Any) -> N
     """Close the previous generation's lookups once its last session has ended."""
     from .lookup import registry
     while any(conn.ctx.settings is settings for conn in list(server._connections)):
-        await asyncio.sleep(1.0)
+        try:
+            await asyncio.wait_for(server._stopped.wait(), 1.0)
+            return                        # the server stopped: it closed what it had, the process ends
+        except TimeoutError:
+            pass
     current = {id(lk) for lk in registry.unique(server.lookups)}
     for lk in registry.unique(lookups):
         if id(lk) in current or lk in server._custom_lookups.values():
