@@ -52,6 +52,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--rcpt", help="RCPT TO address (rcpt, rcpt-domain)")
     p.add_argument("--user", help="ask the auth lookup about this login; the password (or token) is read "
                                   "from standard input, or prompted for on a terminal")
+    p.add_argument("--bearer", action="store_true",
+                   help="what is read for --user is a bearer token (as OAUTHBEARER/XOAUTH2 send), not a password")
     p.set_defaults(run=run)
 
 
@@ -98,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
     if args.user is not None:
         lookup_name = settings.session.auth_lookup.evaluate(ctx)
         password = _read_secret(args.user)
-        account, auth_lines = asyncio.run(check_user(settings, lookup_name, args.user, password))
+        account, auth_lines = asyncio.run(check_user(settings, lookup_name, args.user, password, bearer=args.bearer))
         if account:
             ctx.authenticated_as = account.lower()
             given["authenticated-as"] = account
@@ -150,8 +152,10 @@ def explain_expr(expr: Expr, ctx: Any, lines: dict[str, int], raw: dict, source:
                            f"the default for a list is []"), missing
 
 
-async def check_user(settings: Settings, lookup_name: str | None, user: str, secret: str) -> tuple[str | None, list[str]]:
-    """Ask the auth lookup as a session would. Returns (account if valid, report lines)."""
+async def check_user(settings: Settings, lookup_name: str | None, user: str, secret: str,
+                     bearer: bool = False) -> tuple[str | None, list[str]]:
+    """Ask the auth lookup as a session would. Returns (account if valid, report lines). ``bearer``: the
+    secret is a token (implied for a lookup that verifies nothing else)."""
     from .lookup import registry
     from .lookup.base import Capability, Credentials, Outcome
     head = f"auth lookup for {user!r}: "
@@ -159,7 +163,7 @@ async def check_user(settings: Settings, lookup_name: str | None, user: str, sec
         return None, [head + "none (session.auth.lookup is false here): AUTH is not offered"]
     lookups = registry.build(settings)
     lk = lookups[lookup_name]
-    token = Capability.TOKEN in lk.capabilities and Capability.PASSWORD not in lk.capabilities
+    token = bearer or (Capability.TOKEN in lk.capabilities and Capability.PASSWORD not in lk.capabilities)
     creds = Credentials("OAUTHBEARER" if token else "PLAIN", user, secret, kind="token" if token else "password")
     timeout = _timeout(settings, lookup_name) + 5.0
     try:

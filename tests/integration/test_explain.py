@@ -177,3 +177,14 @@ def test_key_lines_positions() -> None:
     assert lines["session.throttle[0].key"] == 9 and lines["session.throttle[1].key"] == 11
     assert "not.a.table" not in lines
     assert lines["list.quoted.id"] == 15
+
+
+def test_bearer_token_through_real_dovecot(tmp_path: Path, dovecot: DovecotServer) -> None:
+    conf, _ = write(tmp_path, imap_port=dovecot.imap_port)
+    conf.write_text(conf.read_text().replace('then = "db/sql/auth"', 'then = "remote/imap"'))
+    user = next(iter(dovecot.users))
+    base = ("--listener", "submission", "--remote-ip", "192.0.2.1", "--tls", "--bearer", "--user", user)
+    r = explain(conf, *base, password=dovecot.make_token(user) + "\n")
+    assert f"auth lookup remote/imap for {user!r}:\n    valid" in r.stdout, r.stdout + r.stderr
+    r = explain(conf, *base, password=dovecot.make_token(user, key=b"k" * 32) + "\n")   # forged
+    assert "invalid (clients get 535 5.7.8, counted)" in r.stdout, r.stdout
