@@ -167,7 +167,7 @@ async def _reload(server: Any, path: str) -> bool:
     from .lookup import registry
     loop = asyncio.get_running_loop()
     log.info("reloading configuration from %s", path)
-    built: dict[str, Any] = {"lookups": {}, "servers": {}}
+    built: dict[str, Any] = {"lookups": {}, "servers": {}, "in_place": []}
     try:
         settings = await loop.run_in_executor(None, load_file, path)
         lookups = registry.build(settings)
@@ -193,7 +193,9 @@ async def _reload(server: Any, path: str) -> bool:
         await _discard(server, built)
         return False
 
-    # -- the swap: nothing below can fail --------------------------------------------------------------
+    # -- the swap: nothing below is expected to fail ---------------------------------------------------
+    for ssl_ctx, cert, tls in built["in_place"]:
+        _update_in_place(ssl_ctx, cert, tls)
     old_settings, old_lookups, old_delivery = server.settings, server.lookups, server.delivery
     server.settings = settings
     server.lookups = lookups
@@ -244,10 +246,11 @@ async def _prepare_listeners(server: Any, settings: Any, lookups: dict, built: d
         ctx = ListenerContext(settings, listener, lookups, starttls_available=ssl_ctx is not None)
         if keep:
             if listener.tls.implicit:
-                # The listening socket keeps its SSLContext object: give that object the new chain and
-                # protocol range (handshakes that start from now on use them).
+                # The listening socket keeps its SSLContext object: at the swap that object gets the new
+                # chain and protocol range (handshakes that start from then on use them). The fresh
+                # context built above has validated them.
                 current = server._ssl_contexts[ident]
-                _update_in_place(current, settings.certificates[listener.tls.certificate], listener.tls)
+                built["in_place"].append((current, settings.certificates[listener.tls.certificate], listener.tls))
                 ssl_ctx = current
             old_ctx = server._contexts.get(ident)
             if old_ctx is not None:
@@ -281,9 +284,6 @@ async def _prepare_listeners(server: Any, settings: Any, lookups: dict, built: d
 
 
 def _update_in_place(ctx: ssl.SSLContext, cert: Any, tls: Any) -> None:
-    from .server.tls import server_context
-    fresh = server_context(cert, tls)            # validates first: a bad pair never touches ctx
-    del fresh
     import tempfile
     with tempfile.TemporaryDirectory() as tmp:
         cpath, kpath = os.path.join(tmp, "cert.pem"), os.path.join(tmp, "key.pem")
