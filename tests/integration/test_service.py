@@ -17,7 +17,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import pytest
 
 from tests.fixtures.certs import make_pki
 from tests.smtpclient import Raw
