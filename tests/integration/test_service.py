@@ -17,7 +17,6 @@ import tempfile
 import time
 from pathlib import Path
 
-
 from tests.fixtures.certs import make_pki
 from tests.smtpclient import Raw
 from tests.support import free_port, missing, need_binary
