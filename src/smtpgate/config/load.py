@@ -21,8 +21,9 @@ from .errors import ConfigError
 from .ifblock import MAIL, Scope, compile_setting
 from .model import (CacheSettings, CertificateSettings, DatabaseSettings, DirectorySettings, Expr, ListenerSettings,
                     ListenerTls, ListSettings, RemoteSettings, SessionSettings, Settings, TlsClientSettings)
-from .schema import (DIRECTORY_OPTIONS, DIRECTORY_PREFIXES, DIRECTORY_REQUIRED, SESSION_KEYS, SESSION_SETTINGS,
-                     TLS_PROTOCOLS, lookup_ref)
+from . import schema
+from .schema import (DIRECTORY_OPTIONS, DIRECTORY_PREFIXES, DIRECTORY_REQUIRED, SESSION_KEYS, TLS_PROTOCOLS, Setting,
+                     lookup_ref)
 
 _ID = re.compile(r"^[A-Za-z0-9_-]+$")
 
@@ -363,34 +364,52 @@ class _Builder:
         return names
 
     def session(self, scope: Scope, lookups: dict[str, str], remotes) -> SessionSettings:
-        exprs: dict[str, Expr] = {}
-        for s in SESSION_SETTINGS:
-            present = [k for k in (s.key, *s.aliases)
-                       if self.has(k) or any(f.startswith(k + ".") for f in self.flat)]
-            if len(present) > 1:
-                raise ConfigError(present[1], f"duplicates {present[0]} (they are aliases)")
-            if not present:
-                exprs[s.attr] = Expr(s.key, value=s.default)
-                continue
-            key = present[0]
-            if any(k.startswith(key + ".") for k in self.flat):
-                # e.g. require = { if = ..., then = ... }: an inline table flattened into sub-keys
-                raise ConfigError(key, "expected a value or an array of if-block rules, got a table")
-            raw = self.take(key)
-            parse = s.parse
-            if s.lookup:
-                parse = self._lookup_parser(s.lookup, lookups, remotes)
-            exprs[s.attr] = compile_setting(key, raw, parse, s.variables, scope, is_list=s.is_list)
-            if s.attr == "rcpt_relay":
-                _refuse_open_relay_rules(key, raw)
-        relay = exprs["rcpt_relay"]
+        def setting(row: Setting) -> Expr:
+            return self.session_setting(row, scope, lookups, remotes)
+
+        relay = setting(schema.RCPT_RELAY)
         if relay.constant and relay.value is None:
             # Default: relay only for authenticated sessions.
-            exprs["rcpt_relay"] = Expr("session.rcpt.relay", rules=[(lambda ctx: bool(ctx.authenticated_as), True)],
-                                       default=False)
+            relay = Expr(schema.RCPT_RELAY.key, rules=[(lambda ctx: bool(ctx.authenticated_as), True)], default=False)
         else:
             _refuse_open_relay(relay)
-        return SessionSettings(exprs)
+        return SessionSettings(
+            timeout=setting(schema.TIMEOUT),
+            duration=setting(schema.DURATION),
+            transfer_limit=setting(schema.TRANSFER_LIMIT),
+            ehlo_require=setting(schema.EHLO_REQUIRE),
+            auth_mechanisms=setting(schema.AUTH_MECHANISMS),
+            auth_lookup=setting(schema.AUTH_LOOKUP),
+            auth_require=setting(schema.AUTH_REQUIRE),
+            auth_errors_total=setting(schema.AUTH_ERRORS_TOTAL),
+            auth_errors_wait=setting(schema.AUTH_ERRORS_WAIT),
+            auth_allow_plain_text=setting(schema.AUTH_ALLOW_PLAIN_TEXT),
+            auth_must_match_sender=setting(schema.AUTH_MUST_MATCH_SENDER),
+            rcpt_relay=relay,
+            rcpt_domains=setting(schema.RCPT_DOMAINS),
+            rcpt_addresses=setting(schema.RCPT_ADDRESSES),
+            rcpt_max_recipients=setting(schema.RCPT_MAX_RECIPIENTS),
+            data_max_size=setting(schema.DATA_MAX_SIZE),
+            data_max_messages=setting(schema.DATA_MAX_MESSAGES),
+        )
+
+    def session_setting(self, row: Setting, scope: Scope, lookups: dict[str, str], remotes) -> Expr:
+        """Take one ``session.*`` key (or one of its aliases) and compile it; its default when absent."""
+        present = [k for k in (row.key, *row.aliases) if self.has(k) or any(f.startswith(k + ".") for f in self.flat)]
+        if len(present) > 1:
+            raise ConfigError(present[1], f"duplicates {present[0]} (they are aliases)")
+        if not present:
+            return Expr(row.key, value=row.default)
+        key = present[0]
+        if any(k.startswith(key + ".") for k in self.flat):
+            # e.g. require = { if = ..., then = ... }: an inline table flattened into sub-keys
+            raise ConfigError(key, "expected a value or an array of if-block rules, got a table")
+        raw = self.take(key)
+        parse = self._lookup_parser(row.lookup, lookups, remotes) if row.lookup else row.parse
+        expr = compile_setting(key, raw, parse, row.variables, scope, is_list=row.is_list)
+        if row is schema.RCPT_RELAY:
+            _refuse_open_relay_rules(key, raw)
+        return expr
 
     def _lookup_parser(self, kind: str, lookups: dict[str, str], remotes):
         def parse(key: str, raw: Any) -> str | None:

@@ -17,6 +17,9 @@ TOO_LONG = object()
 SASL_LINE_LIMIT = 12288
 COMMAND_LINE_LIMIT = 512            # RFC 5321 §4.5.3.1.4, including CRLF
 MAIL_LINE_LIMIT = 512 + 500         # RFC 4954 §5: room for AUTH= on MAIL FROM
+#: RFC 4954 §4 sizes the authentication buffer at 12 288 octets of response (the base64 text, as
+#: Postfix's smtpd_sasl_response_limit counts it); the reader's limits include the CRLF, hence the + 2.
+SASL_RESPONSE_LIMIT = SASL_LINE_LIMIT + 2
 
 _EOD = b"\r\n.\r\n"
 
