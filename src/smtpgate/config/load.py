@@ -22,8 +22,8 @@ from .ifblock import MAIL, Scope, compile_setting
 from .model import (CacheSettings, CertificateSettings, DatabaseSettings, DirectorySettings, Expr, ListenerSettings,
                     ListenerTls, ListSettings, RemoteSettings, SessionSettings, Settings, TlsClientSettings)
 from . import schema
-from .schema import (DIRECTORY_OPTIONS, DIRECTORY_PREFIXES, DIRECTORY_REQUIRED, SESSION_KEYS, TLS_PROTOCOLS, Setting,
-                     lookup_ref)
+from . import directory
+from .schema import SESSION_KEYS, TLS_PROTOCOLS, Setting, lookup_ref
 
 _ID = re.compile(r"^[A-Za-z0-9_-]+$")
 
@@ -313,37 +313,27 @@ class _Builder:
         for ident in self.ids("directory"):
             base = f"directory.{ident}"
             kind = self.required(f"{base}.type", values.string, "missing (internal, ldap or oauth)")
-            if kind not in DIRECTORY_OPTIONS:
+            if kind not in directory.OPTIONS:
                 raise ConfigError(f"{base}.type", f"unknown directory type {kind!r} (use internal, ldap or oauth)")
             timeout = values.duration(f"{base}.timeout", self.take(f"{base}.timeout", "5s"))
             conc = values.positive_int(f"{base}.concurrency", self.take(f"{base}.concurrency", 10))
             cache = self.cache(base)
-            options: dict[str, Any] = {}
-            for opt, parse in DIRECTORY_OPTIONS[kind].items():
+            raw: dict[str, Any] = {}
+            for opt, parse in directory.OPTIONS[kind].items():
                 key = f"{base}.{opt}"
                 if self.has(key):
-                    options[opt] = parse(key, self.take(key))
-            for opt in DIRECTORY_REQUIRED[kind]:
-                if opt not in options:
-                    raise ConfigError(f"{base}.{opt}", "missing")
+                    raw[opt] = parse(key, self.take(key))
+            options: directory.UserStoreSettings | directory.LdapSettings | directory.OAuthSettings
             if kind == "internal":
-                store = options["store"]
-                if store.startswith("sqlite://"):
-                    path = store[9:]
+                if "store" in raw and raw["store"].startswith("sqlite://"):
+                    path = raw["store"][9:]
                     if path and not os.path.isabs(path):
-                        options["store"] = "sqlite://" + os.path.join(self.base_dir, path)
-                elif not store.startswith(("postgres://", "postgresql://")):
-                    raise ConfigError(f"{base}.store", "expected sqlite://path or postgres://user@host:port/db")
-            if kind == "ldap":
-                if not options["url"].startswith(("ldap://", "ldaps://")):
-                    raise ConfigError(f"{base}.url", "expected ldap://host:port or ldaps://host:port")
-                if ("bind.dn-template" in options) == ("search.base-dn" in options):
-                    raise ConfigError(f"{base}.bind.dn-template",
-                                      "set either bind.dn-template or search.base-dn (search then bind)")
-                if "search.base-dn" in options and "search.filter" not in options:
-                    raise ConfigError(f"{base}.search.filter", "missing (e.g. \"(mail={user})\")")
-            if kind == "oauth" and ("jwks-url" in options) == ("introspection.url" in options):
-                raise ConfigError(f"{base}.jwks-url", "set either jwks-url or introspection.url")
+                        raw["store"] = "sqlite://" + os.path.join(self.base_dir, path)
+                options = directory.user_store_settings(base, raw)
+            elif kind == "ldap":
+                options = directory.ldap_settings(base, raw)
+            else:
+                options = directory.oauth_settings(base, raw)
             leftover = [k for k in self.flat if k.startswith(base + ".")]
             if leftover:
                 raise ConfigError(leftover[0], f"unknown option for a directory of type {kind!r}")
@@ -360,7 +350,7 @@ class _Builder:
             names[f"remote/{ident}"] = "remote"
         for ident, d in directories.items():
             names[f"directory/{ident}"] = d.type
-            names[f"{DIRECTORY_PREFIXES[d.type]}/{ident}"] = d.type
+            names[f"{directory.PREFIXES[d.type]}/{ident}"] = d.type
         return names
 
     def session(self, scope: Scope, lookups: dict[str, str], remotes) -> SessionSettings:

@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from .directory import LdapSettings, OAuthSettings, UserStoreSettings
+
 
 class Expr:
     """A compiled setting: either a constant or an if-block (first matching rule wins).
@@ -86,8 +88,7 @@ class ListSettings:             # [list] <id> = [...] | "file:///path"
 class DirectorySettings:        # [directory."<id>"] type = "internal" | "ldap" | "oauth"
     id: str
     type: str
-    options: dict[str, Any]     # every other key of the table, validated by config.schema, flattened
-                                # to dotted names ("bind.dn-template", "tls.allow-invalid-certs", ...)
+    options: UserStoreSettings | LdapSettings | OAuthSettings  # the type's own keys (config/directory.py)
     timeout: float = 5.0        # .timeout
     concurrency: int = 10       # .concurrency
     cache: CacheSettings = field(default_factory=CacheSettings)

@@ -85,46 +85,4 @@ SESSION_SETTINGS: tuple[Setting, ...] = (
 
 SESSION_KEYS = {s.key: s for s in SESSION_SETTINGS} | {a: s for s in SESSION_SETTINGS for a in s.aliases}
 
-# Options of [directory."<id>"] per type: option key -> parser. "type", "timeout", "concurrency" and
-# "cache.*" are common to all and handled by the loader.
-DIRECTORY_OPTIONS: dict[str, dict[str, Callable[[str, Any], Any]]] = {
-    "internal": {
-        "store": values.nonempty_string,
-    },
-    "ldap": {
-        "url": values.nonempty_string,
-        "tls.starttls": values.boolean,
-        "tls.allow-invalid-certs": values.boolean,
-        "tls.ca-file": values.nonempty_string,
-        "bind.dn-template": values.nonempty_string,
-        "search.base-dn": values.nonempty_string,
-        "search.filter": values.nonempty_string,
-        "search.bind-dn": values.nonempty_string,
-        "search.bind-secret": values.string,
-        "attributes.address": values.string_list,
-        "attributes.name": values.nonempty_string,
-    },
-    "oauth": {
-        "jwks-url": values.nonempty_string,
-        "jwks-refresh-min": values.duration,
-        "issuer": values.nonempty_string,
-        "audience": values.nonempty_string,
-        "username-claim": values.nonempty_string,
-        "algorithms": values.string_list,
-        "leeway": values.duration,
-        "introspection.url": values.nonempty_string,
-        "introspection.client-id": values.nonempty_string,
-        "introspection.client-secret": values.string,
-        "tls.allow-invalid-certs": values.boolean,
-        "tls.ca-file": values.nonempty_string,
-    },
-}
-DIRECTORY_REQUIRED = {
-    "internal": ("store",),
-    "ldap": ("url",),
-    "oauth": (),
-}
-#: lookup name prefixes accepted for directories besides the generic "directory/<id>"
-DIRECTORY_PREFIXES = {"internal": "users", "ldap": "ldap", "oauth": "oauth"}
-
 TLS_PROTOCOLS = ("TLSv1.2", "TLSv1.3")

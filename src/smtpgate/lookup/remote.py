@@ -35,8 +35,7 @@ class RemoteAuthLookup(Lookup):
 
     def __init__(self, settings: RemoteSettings, *, name: str | None = None) -> None:
         if settings.protocol not in self.protocols:
-            raise ValueError(f"remote.{settings.id}.protocol: {type(self).__name__} cannot speak "
-                             f"{settings.protocol!r}")
+            raise ValueError(f"{type(self).__name__} cannot speak {settings.protocol!r}")
         self.settings = settings
         self.name = name or f"remote/{settings.id}"
         tls = settings.tls
