@@ -35,6 +35,9 @@ bind = "127.0.0.1:0"
 timeout = [ { if = "listener", eq = "idle", then = "1s" }, { else = "5m" } ]
 duration = [ { if = "listener", eq = "long", then = "2s" }, { else = "10m" } ]
 transfer-limit = [ { if = "listener", eq = "capped", then = "4k" }, { else = "100MB" } ]
+# The garbage tests below keep one session going through more bad commands than the default limit of
+# 20 (session.errors.total, tested in test_amplification.py).
+errors.total = 1000
 
 [session.auth]
 mechanisms = ["plain", "login"]

@@ -368,6 +368,7 @@ class _Builder:
             duration=setting(schema.DURATION),
             transfer_limit=setting(schema.TRANSFER_LIMIT),
             ehlo_require=setting(schema.EHLO_REQUIRE),
+            errors_total=setting(schema.ERRORS_TOTAL),
             auth_mechanisms=setting(schema.AUTH_MECHANISMS),
             auth_lookup=setting(schema.AUTH_LOOKUP),
             auth_require=setting(schema.AUTH_REQUIRE),

@@ -131,6 +131,7 @@ class SessionSettings:
     duration: Expr                  # session.duration
     transfer_limit: Expr            # session.transfer-limit
     ehlo_require: Expr              # session.ehlo.require
+    errors_total: Expr              # session.errors.total
     auth_mechanisms: Expr           # session.auth.mechanisms (at every EHLO and AUTH)
     auth_lookup: Expr               # session.auth.lookup (alias .directory): lookup name or None
     auth_require: Expr              # session.auth.require

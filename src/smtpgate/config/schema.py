@@ -56,6 +56,8 @@ TIMEOUT = Setting("session.timeout", values.duration, CONNECT, 300.0)
 DURATION = Setting("session.duration", values.duration, CONNECT, 600.0)
 TRANSFER_LIMIT = Setting("session.transfer-limit", values.size, CONNECT, 262_144_000)
 EHLO_REQUIRE = Setting("session.ehlo.require", values.boolean, CONNECT, True)
+# Bad commands (500-504, 555 replies) before 421 and disconnect, like Postfix's smtpd_hard_error_limit.
+ERRORS_TOTAL = Setting("session.errors.total", values.positive_int, CONNECT, 20)
 
 AUTH_MECHANISMS = Setting("session.auth.mechanisms", mechanism_list, EHLO, ("PLAIN", "LOGIN"), is_list=True)
 AUTH_LOOKUP = Setting("session.auth.lookup", lookup_ref, CONNECT, None, aliases=("session.auth.directory",),
@@ -76,7 +78,7 @@ DATA_MAX_SIZE = Setting("session.data.limits.size", values.size, MAIL, 26_214_40
 DATA_MAX_MESSAGES = Setting("session.data.limits.messages", values.positive_int, CONNECT, 10)
 
 SESSION_SETTINGS: tuple[Setting, ...] = (
-    TIMEOUT, DURATION, TRANSFER_LIMIT, EHLO_REQUIRE,
+    TIMEOUT, DURATION, TRANSFER_LIMIT, EHLO_REQUIRE, ERRORS_TOTAL,
     AUTH_MECHANISMS, AUTH_LOOKUP, AUTH_REQUIRE, AUTH_ERRORS_TOTAL, AUTH_ERRORS_WAIT, AUTH_ALLOW_PLAIN_TEXT,
     AUTH_MUST_MATCH_SENDER,
     RCPT_RELAY, RCPT_DOMAINS, RCPT_ADDRESSES, RCPT_MAX_RECIPIENTS,

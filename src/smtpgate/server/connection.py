@@ -34,7 +34,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("smtpgate.server")
 
-MAX_BUFFERED = 1 << 20          # stop reading from a client that pipelines faster than we answer
+#: Unsent replies beyond which no more input is parsed (pause_writing) until the client reads them, and
+#: unparsed input beyond which the socket is not read: what a client that never reads can make us hold.
+OUTPUT_HIGH_WATER = 64 * 1024
+MAX_BUFFERED = 64 * 1024
 _NO_ANSWER = object()
 
 
@@ -55,6 +58,7 @@ class SmtpConnection(asyncio.Protocol):
     # -- asyncio callbacks ---------------------------------------------------------------------------
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
+        transport.set_write_buffer_limits(high=OUTPUT_HIGH_WATER)
         self.started = self.last_active = self.server.clock.now()
         peer = transport.get_extra_info("peername") or ("", 0)
         # A listener bound to one address knows its local end without a getsockname() per connection.
@@ -224,6 +228,7 @@ class SmtpConnection(asyncio.Protocol):
                 pass
             return None
         self.transport = transport
+        transport.set_write_buffer_limits(high=OUTPUT_HIGH_WATER)
         self.reading_paused = False
         return tls_info(transport.get_extra_info("ssl_object"))
 

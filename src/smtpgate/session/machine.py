@@ -167,7 +167,7 @@ _NOTHING = object()             # no framed input available yet
 
 class Session:
     __slots__ = ("ctx", "out", "vars", "params", "remote_port", "state", "tls", "helo", "esmtp",
-                 "auth_account", "auth_addresses", "auth_failures", "auth_mechanism", "mail_from",
+                 "auth_account", "auth_addresses", "auth_failures", "errors", "auth_mechanism", "mail_from",
                  "mail_params", "auth_param", "rcpts", "messages", "reader", "eof", "_handler", "_awaiting_input",
                  "__weakref__")
 
@@ -180,6 +180,7 @@ class Session:
         self.state = State.CONNECTED
         self.tls = tls
         self.auth_failures = 0
+        self.errors = 0                            # bad commands so far (session.errors.total)
         self.messages = 0
         self.reader = LineReader()
         self.eof = False
@@ -191,6 +192,9 @@ class Session:
     # -- small helpers the stages use ---------------------------------------------------------------
     def reply(self, data: bytes) -> None:
         self.out.append(data)
+        if data[0] == 53 and (data[1] == 48 or data[1] == 53):     # 50x, 55x: counts toward errors.total
+            if data[1] == 48 or data[:3] == b"555":
+                self.errors += 1
 
     def close(self, data: bytes | None = None) -> None:
         if data:
@@ -334,6 +338,8 @@ class Session:
         while True:
             if gen is None:
                 self._handler = None
+                if self.errors >= self.params.errors_total and self.state is not State.CLOSED:
+                    self.close(R.TOO_MANY_ERRORS)   # like Postfix's hard error limit: no more parsing
                 if self.state is State.CLOSED:
                     return None
                 if budget == 0:

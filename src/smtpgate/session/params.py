@@ -15,7 +15,7 @@ from ..lookup.base import Lookup
 
 
 class SessionParams:
-    __slots__ = ("timeout", "duration", "transfer_limit", "ehlo_require", "auth_lookup", "auth_require",
+    __slots__ = ("timeout", "duration", "transfer_limit", "ehlo_require", "errors_total", "auth_lookup", "auth_require",
                  "auth_errors_total", "auth_errors_wait", "rcpt_domains", "rcpt_addresses", "data_max_messages")
 
     def __init__(self, cfg: SessionSettings, lookups: dict[str, Lookup], v: Any):
@@ -23,6 +23,7 @@ class SessionParams:
         self.duration: float = cfg.duration.evaluate(v)                        # max session seconds
         self.transfer_limit: int = cfg.transfer_limit.evaluate(v)              # max bytes received
         self.ehlo_require: bool = cfg.ehlo_require.evaluate(v)
+        self.errors_total: int = cfg.errors_total.evaluate(v)                  # bad commands before 421
         self.auth_lookup: Lookup | None = _lookup(lookups, cfg.auth_lookup.evaluate(v))
         self.auth_require: bool = cfg.auth_require.evaluate(v)
         self.auth_errors_total: int = cfg.auth_errors_total.evaluate(v)
@@ -36,7 +37,7 @@ def connect_time_constant(cfg: SessionSettings) -> bool:
     """True when no connect-time setting depends on the session: then one shared, read-only
     :class:`SessionParams` serves every session of a listener (the common case, and the fast one)."""
     return all(e.constant for e in (
-        cfg.timeout, cfg.duration, cfg.transfer_limit, cfg.ehlo_require, cfg.auth_lookup, cfg.auth_require,
+        cfg.timeout, cfg.duration, cfg.transfer_limit, cfg.ehlo_require, cfg.errors_total, cfg.auth_lookup, cfg.auth_require,
         cfg.auth_errors_total, cfg.auth_errors_wait, cfg.rcpt_domains, cfg.rcpt_addresses, cfg.data_max_messages))
 
 
