@@ -42,8 +42,7 @@ _NO_ANSWER = object()
 
 
 class SmtpConnection(asyncio.Protocol):
-    __slots__ = ("server", "ctx", "transport", "session", "pending", "last_active", "started", "write_paused",
-                 "closed", "reading_paused")
+    __slots__ = ("server", "ctx", "transport", "session", "pending", "write_paused", "closed", "reading_paused")
 
     def __init__(self, server: "Server", ctx: ListenerContext):
         self.server = server
@@ -59,7 +58,6 @@ class SmtpConnection(asyncio.Protocol):
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
         transport.set_write_buffer_limits(high=OUTPUT_HIGH_WATER)
-        self.started = self.last_active = self.server.clock.now()
         peer = transport.get_extra_info("peername") or ("", 0)
         # A listener bound to one address knows its local end without a getsockname() per connection.
         sock = self.ctx.local_addr or transport.get_extra_info("sockname") or ("", 0)
@@ -70,7 +68,7 @@ class SmtpConnection(asyncio.Protocol):
             self.closed = True
             return
         try:
-            self.session = Session(self.ctx, peer[0], peer[1], sock[0], sock[1], info)
+            self.session = Session(self.ctx, peer[0], peer[1], sock[0], sock[1], info, now=self.server.clock.now())
         except Exception:
             log.exception("session setup failed")
             transport.write(R.INTERNAL)
@@ -82,8 +80,7 @@ class SmtpConnection(asyncio.Protocol):
         s = self.session
         if self.closed or s is None:
             return
-        self.last_active = self.server.clock.now()
-        if not s.receive_data(data):
+        if not s.receive_data(data, self.server.clock.now()):
             self._abort()
             return
         if self.pending is None and not self.write_paused:
@@ -257,15 +254,13 @@ class SmtpConnection(asyncio.Protocol):
         self.server._unregister(self)
 
     def expire(self, now: float) -> None:
-        """Called by the server's sweeper: enforce session.timeout and session.duration."""
+        """Called by the server's sweeper: the session's deadlines (session.timeout, .duration)."""
         s = self.session
         if self.closed or s is None:
             return
-        params = s.params
-        if now - self.started > params.duration:
-            self._abort(R.DURATION)
-        elif not s.busy and now - self.last_active > params.timeout:
-            self._abort(R.TIMEOUT)
+        reply = s.deadline_reply(now)
+        if reply is not None:
+            self._abort(reply)
 
     def shutdown(self) -> None:
         """Grace time is over: tell the client and close."""

@@ -63,6 +63,10 @@ from .variables import SessionVariables
 #: pipelines thousands of lines cannot hold the loop, and its replies are written in bounded slices.
 COMMAND_BATCH = 32
 
+#: DATA must arrive at this average rate (bytes/s) after a grace of ``session.timeout`` -- Postfix's
+#: smtpd_min_data_rate: a client trickling a byte every few seconds cannot keep a session open.
+MIN_DATA_RATE = 500
+
 
 class State(enum.Enum):
     CONNECTED = "connected"   # greeting sent; no EHLO/HELO yet (again after STARTTLS)
@@ -169,10 +173,11 @@ class Session:
     __slots__ = ("ctx", "out", "vars", "params", "remote_port", "state", "tls", "helo", "esmtp",
                  "auth_account", "auth_addresses", "auth_failures", "errors", "auth_mechanism", "mail_from",
                  "mail_params", "auth_param", "rcpts", "messages", "reader", "eof", "_handler", "_awaiting_input",
+                 "started", "_last_input", "_line_started", "_consumed_mark", "_data_started", "_data_mark",
                  "__weakref__")
 
     def __init__(self, ctx: ListenerContext, remote_ip: str, remote_port: int, local_ip: str, local_port: int,
-                 tls: TlsInfo | None = None):
+                 tls: TlsInfo | None = None, now: float = 0.0):
         self.ctx = ctx
         self.out: list[bytes] = []
         self.vars = SessionVariables(ctx.listener.id, _ip(remote_ip), _ip(local_ip), local_port, tls is not None)
@@ -186,6 +191,12 @@ class Session:
         self.eof = False
         self._handler: Generator | None = None     # the stage generator in progress
         self._awaiting_input = False               # ... waiting for a SASL line or the message body
+        # Deadlines (see deadline_reply); times are the transport's clock, passed in.
+        self.started = self._last_input = now
+        self._line_started: float | None = None    # first byte of the incomplete line now buffered
+        self._consumed_mark = 0
+        self._data_started = 0.0                   # when DATA's 354 went out ...
+        self._data_mark = 0                        # ... and how many bytes had arrived by then
         self._reset_state()
         self.params = self._evaluate_params()
 
@@ -262,6 +273,8 @@ class Session:
     def data_started(self) -> None:
         """354 sent: from here the input is the message body."""
         self.transition(Event.DATA)
+        self._data_started = self._last_input
+        self._data_mark = self.reader.total
 
     def auth_started(self) -> None:
         """An AUTH exchange begins: from here the input is SASL response lines."""
@@ -284,9 +297,10 @@ class Session:
         return self.ctx.greeting
 
     # -- input ----------------------------------------------------------------------------------------
-    def receive_data(self, data: bytes) -> bool:
-        """Buffer bytes from the client. False once ``session.transfer-limit`` is exceeded: the session
-        is closed with its 421 in ``out``."""
+    def receive_data(self, data: bytes, now: float = 0.0) -> bool:
+        """Buffer bytes from the client (received at ``now``). False once ``session.transfer-limit`` is
+        exceeded: the session is closed with its 421 in ``out``."""
+        self._last_input = now
         reader = self.reader
         reader.feed(data)
         if reader.total > self.params.transfer_limit:
@@ -297,6 +311,37 @@ class Session:
     def receive_eof(self) -> None:
         """The client half-closed: what it already sent is still answered, then the session ends."""
         self.eof = True
+
+    def deadline_reply(self, now: float) -> bytes | None:
+        """The 421 to close with if a deadline has passed at ``now``, else None:
+        ``session.duration`` since the start; while waiting for the client (not for a request in flight),
+        ``session.timeout`` since its last byte, and since the first byte of a line still incomplete (a
+        client sending a byte every few seconds does not keep a session); in DATA, MIN_DATA_RATE."""
+        p = self.params
+        if now - self.started > p.duration:
+            return R.DURATION
+        if self.busy or self.state is State.CLOSED:
+            return None
+        if now - self._last_input > p.timeout:
+            return R.TIMEOUT
+        if self.state is State.DATA:
+            received = self.reader.total - self._data_mark
+            if now - self._data_started > p.timeout + received / MIN_DATA_RATE:
+                return R.TIMEOUT
+        elif self._line_started is not None and now - self._line_started > p.timeout:
+            return R.TIMEOUT
+        return None
+
+    def _note_partial_line(self) -> None:
+        """Waiting for input: remember since when an incomplete line is buffered. It began in the latest
+        input if any line was completed since the last look (or nothing was buffered before)."""
+        reader = self.reader
+        consumed = reader.total - reader.buffered
+        if not reader.buffered:
+            self._line_started = None
+        elif self._line_started is None or consumed != self._consumed_mark:
+            self._line_started = self._last_input
+        self._consumed_mark = consumed
 
     @property
     def buffered(self) -> int:
@@ -318,6 +363,7 @@ class Session:
             return None                                     # a request is in flight; its answer resumes us
         answer = self._read_framed()
         if answer is _NOTHING:
+            self._note_partial_line()
             return None
         self._awaiting_input = False
         return self._run(gen, answer)
@@ -348,6 +394,7 @@ class Session:
                 if line is None:
                     if self.eof:
                         self.close()
+                    self._note_partial_line()
                     return None
                 budget -= 1
                 gen = self.handle(line)
@@ -367,6 +414,7 @@ class Session:
                 if answer is _NOTHING:
                     self._handler = gen
                     self._awaiting_input = True
+                    self._note_partial_line()
                     return None
                 continue
             if kind is StartTls:
