@@ -29,7 +29,7 @@ from .config.errors import ConfigError
 from .config.ifblock import VARIABLES
 from .config.load import load_file
 from .config.model import Expr, Settings
-from .config.schema import SESSION_SETTINGS
+from .config.schema import SESSION_KEYS
 
 _LATE_VARS = {  # variables a caller may leave out, and the option that gives them
     "helo-domain": "--helo", "authenticated-as": "--user", "sender": "--sender", "sender-domain": "--sender",
@@ -108,7 +108,10 @@ def run(args: argparse.Namespace) -> int:
     out = [f"# {args.config}: listener={listener.id} remote-ip={remote_ip} local-ip={ctx.local_ip} "
            f"local-port={ctx.local_port} tls={str(ctx.tls).lower()} helo-domain={args.helo or '-'} "
            f"authenticated-as={ctx.authenticated_as or '-'} sender={args.sender or '-'} rcpt={args.rcpt or '-'}"]
-    rows = [(s.key, getattr(settings.session, s.attr), s.variables) for s in SESSION_SETTINGS]
+    rows = []
+    for expr in _session_exprs(settings.session):
+        row = SESSION_KEYS.get(expr.key)
+        rows.append((row.key if row else expr.key, expr, row.variables if row else None))
     rows.append(("queue.outbound.next-hop", settings.next_hop, None))
     for key, expr, variables in rows:
         value, where, missing = explain_expr(expr, ctx, lines, raw, args.config, variables, given)
@@ -122,6 +125,16 @@ def run(args: argparse.Namespace) -> int:
         out.extend(auth_lines)
     print("\n".join(out))
     return 0
+
+
+def _session_exprs(session: Any) -> list[Expr]:
+    """Every compiled ``session.*`` setting, in the order ``config.model.SessionSettings`` declares them."""
+    import dataclasses
+    if dataclasses.is_dataclass(session):
+        values = [getattr(session, f.name) for f in dataclasses.fields(session)]
+    else:
+        values = list(vars(session).values())
+    return [v for v in values if isinstance(v, Expr)]
 
 
 def explain_expr(expr: Expr, ctx: Any, lines: dict[str, int], raw: dict, source: str,

@@ -230,7 +230,7 @@ async def _prepare_listeners(server: Any, settings: Any, lookups: dict, built: d
     """ident -> (ListenerContext, SSLContext | None, new asyncio servers | None when the sockets stay)."""
     from .server import SmtpConnection, _fmt
     from .server.tls import server_context
-    from .session.machine import ListenerContext
+    from .session.context import ListenerContext
     loop = asyncio.get_running_loop()
     plan = {}
     for ident, listener in settings.listeners.items():

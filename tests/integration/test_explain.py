@@ -188,3 +188,31 @@ def test_bearer_token_through_real_dovecot(tmp_path: Path, dovecot: DovecotServe
     assert f"auth lookup remote/imap for {user!r}:\n    valid" in r.stdout, r.stdout + r.stderr
     r = explain(conf, *base, password=dovecot.make_token(user, key=b"k" * 32) + "\n")   # forged
     assert "invalid (clients get 535 5.7.8, counted)" in r.stdout, r.stdout
+
+
+def test_user_in_the_internal_store(tmp_path: Path) -> None:
+    conf = tmp_path / "smtpgate.toml"
+    conf.write_text(f"""
+[server.listener.submission]
+bind = "127.0.0.1:587"
+[directory.users]
+type = "internal"
+store = "sqlite://{tmp_path}/users.db"
+[session.auth]
+lookup = "directory/users"
+""")
+    def cli(*args: str, stdin: str = "") -> None:
+        r = subprocess.run([SMTPGATE, *args, "--config", str(conf)], input=stdin, capture_output=True, text=True,
+                           timeout=60)
+        assert r.returncode == 0, r.stderr
+    cli("user", "add", "alice@example.test", "--password-stdin", stdin="s3cret\n")
+    cli("user", "add", "bob@example.test", "--password-stdin", stdin="s3cret\n")
+    cli("user", "disable", "bob@example.test")
+    base = ("--listener", "submission", "--remote-ip", "192.0.2.1", "--tls")
+    assert "valid: account 'alice@example.test'" in explain(conf, *base, "--user", "alice@example.test",
+                                                            password="s3cret\n").stdout
+    assert "invalid (clients get 535 5.7.8, counted): wrong secret" in explain(
+        conf, *base, "--user", "alice@example.test", password="nope\n").stdout
+    assert "account disabled (the secret is right)" in explain(conf, *base, "--user", "bob@example.test",
+                                                               password="s3cret\n").stdout
+    assert "unknown user" in explain(conf, *base, "--user", "carol@example.test", password="s3cret\n").stdout
