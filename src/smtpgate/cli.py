@@ -121,12 +121,12 @@ async def _run(settings, args=None) -> int:
     from .service import Service
     server = Server(settings)
     await server.start()
-    service = Service(server, settings, getattr(args, "pid_file", None), getattr(args, "data_dir", None))
-    service.started()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    service = Service(server, settings, getattr(args, "pid_file", None), getattr(args, "data_dir", None))
+    service.started()  # pid file, run-as, SIGHUP reload, READY=1 to systemd
     logging.getLogger("smtpgate").info("smtpgate ready (%s)", settings.source)
     await stop.wait()
     logging.getLogger("smtpgate").info("stopping: no new connections, %d sessions finishing",

@@ -78,12 +78,15 @@ class Server:
             if listener.tls.enable:
                 ssl_ctx = server_context(s.certificates[listener.tls.certificate], listener.tls)
                 self._ssl_contexts[ident] = ssl_ctx
-            ctx = self._contexts[ident] = ListenerContext(s, listener, self.lookups, starttls_available=ssl_ctx is not None)
+            ctx = self._contexts[ident] = ListenerContext(s, listener, self.lookups,
+                                                          starttls_available=ssl_ctx is not None)
             servers = []
             for host, port in listener.binds:
                 family = socket.AF_INET6 if ":" in host else socket.AF_INET
                 srv = await loop.create_server(
-                    lambda ident=ident, ctx=ctx: SmtpConnection(self, self._contexts.get(ident, ctx)), host, port, family=family,
+                    # the listener's context current at accept time (a reload swaps it: reload.py)
+                    lambda ident=ident, ctx=ctx: SmtpConnection(self, self._contexts.get(ident, ctx)),
+                    host, port, family=family,
                     ssl=ssl_ctx if listener.tls.implicit else None,
                     ssl_handshake_timeout=listener.tls.timeout if listener.tls.implicit else None,
                     reuse_address=True, backlog=1024)
