@@ -234,13 +234,20 @@ async def _prepare_listeners(server: Any, settings: Any, lookups: dict, built: d
     loop = asyncio.get_running_loop()
     plan = {}
     for ident, listener in settings.listeners.items():
+        old = server.settings.listeners.get(ident)
+        if listener.protocol not in ("smtp", "lmtp"):
+            # Another kind of listener (a management listener, say) is served by code this module does
+            # not drive: it may stay as it is, not come, go or move by reload.
+            if old is None or old.binds != listener.binds or ident not in server._servers:
+                raise ConfigError(f"server.listener.{ident}", f"a {listener.protocol!r} listener cannot be added "
+                                                             "or moved by a reload; restart smtpgate")
+            continue
         ssl_ctx = None
         if listener.tls.enable:
             try:
                 ssl_ctx = server_context(settings.certificates[listener.tls.certificate], listener.tls)
             except ssl.SSLError as exc:
                 raise ConfigError(f"certificate.{listener.tls.certificate}", f"cannot be loaded: {exc.reason or exc}") from None
-        old = server.settings.listeners.get(ident)
         keep = (old is not None and old.binds == listener.binds and ident in server._servers
                 and old.tls.implicit == listener.tls.implicit)
         ctx = ListenerContext(settings, listener, lookups, starttls_available=ssl_ctx is not None)
@@ -280,6 +287,10 @@ async def _prepare_listeners(server: Any, settings: Any, lookups: dict, built: d
             if host not in ("0.0.0.0", "::"):
                 ctx.local_addr = (host, port)
         plan[ident] = (ctx, ssl_ctx, servers)
+    for ident, old in server.settings.listeners.items():
+        if ident not in settings.listeners and old.protocol not in ("smtp", "lmtp"):
+            raise ConfigError(f"server.listener.{ident}", f"a {old.protocol!r} listener cannot be removed by a "
+                                                         "reload; restart smtpgate")
     return plan
 
 
