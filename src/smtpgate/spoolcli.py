@@ -63,11 +63,15 @@ def add_parser(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     settings = _settings(args)
     spool = SpoolDir(settings.queue_path)
-    if args.spool_command == "list":
-        return _list(spool, args.json)
-    if args.spool_command == "show":
-        return _show(spool, args.id, args.headers)
-    return asyncio.run(deliver_all(settings, spool, args.to, args.ids or None))
+    try:
+        if args.spool_command == "list":
+            return _list(spool, args.json)
+        if args.spool_command == "show":
+            return _show(spool, args.id, args.headers)
+        return asyncio.run(deliver_all(settings, spool, args.to, args.ids or None))
+    except OSError as exc:   # e.g. run as a user who may not read the spool
+        print(f"smtpgate spool: {exc.filename or spool.path}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
 
 
 def _settings(args: argparse.Namespace) -> Settings:
