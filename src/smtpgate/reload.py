@@ -48,6 +48,7 @@ from .config.errors import ConfigError
 log = logging.getLogger("smtpgate")
 
 PID_FILE = "smtpgate.pid"
+_RETIRING: set[asyncio.Task] = set()
 
 
 # -- the CLI side --------------------------------------------------------------------------------------
@@ -204,10 +205,9 @@ async def _reload(server: Any, path: str) -> bool:
     if delivery is not None:
         server.delivery = delivery
     retired_servers = []
-    for ident, (ctx, ssl_ctx, new_servers) in plan.items():
-        if new_servers is not None:
-            retired_servers += server._servers.get(ident, [])
-            server._servers[ident] = new_servers
+    for ident, (ctx, ssl_ctx, servers, retire) in plan.items():
+        server._servers[ident] = servers
+        retired_servers += retire
         if ssl_ctx is not None:
             server._ssl_contexts[ident] = ssl_ctx
         else:
@@ -220,14 +220,16 @@ async def _reload(server: Any, path: str) -> bool:
         log.info("listener %s removed: no new connections, its sessions finish", ident)
     for srv in retired_servers:
         srv.close()
-    loop.create_task(_retire(server, old_settings, old_lookups, old_delivery))
+    task = loop.create_task(_retire(server, old_settings, old_lookups, old_delivery))
+    _RETIRING.add(task)                      # the loop keeps only a weak reference to tasks
+    task.add_done_callback(_RETIRING.discard)
     log.info("configuration reloaded from %s: %d listener(s); sessions in progress keep the previous settings",
              path, len(settings.listeners))
     return True
 
 
 async def _prepare_listeners(server: Any, settings: Any, lookups: dict, built: dict) -> dict:
-    """ident -> (ListenerContext, SSLContext | None, new asyncio servers | None when the sockets stay)."""
+    """ident -> (ListenerContext, SSLContext | None, the listener's asyncio servers, servers to close)."""
     from .server import SmtpConnection, _fmt
     from .server.tls import server_context
     from .session.context import ListenerContext
@@ -248,29 +250,32 @@ async def _prepare_listeners(server: Any, settings: Any, lookups: dict, built: d
                 ssl_ctx = server_context(settings.certificates[listener.tls.certificate], listener.tls)
             except ssl.SSLError as exc:
                 raise ConfigError(f"certificate.{listener.tls.certificate}", f"cannot be loaded: {exc.reason or exc}") from None
-        keep = (old is not None and old.binds == listener.binds and ident in server._servers
-                and old.tls.implicit == listener.tls.implicit)
         ctx = ListenerContext(settings, listener, lookups, starttls_available=ssl_ctx is not None)
-        if keep:
-            if listener.tls.implicit:
-                # The listening socket keeps its SSLContext object: at the swap that object gets the new
-                # chain and protocol range (handshakes that start from then on use them). The fresh
-                # context built above has validated them.
-                current = server._ssl_contexts[ident]
-                built["in_place"].append((current, settings.certificates[listener.tls.certificate], listener.tls))
-                ssl_ctx = current
-            old_ctx = server._contexts.get(ident)
-            if old_ctx is not None:
-                ctx.local_addr = old_ctx.local_addr
-            plan[ident] = (ctx, ssl_ctx, None)
-            continue
-        servers = []
-        built["servers"][ident] = servers
-        for host, port in listener.binds:
+        # Sockets of addresses the listener keeps stay open (no refused connection, no lost backlog);
+        # only added addresses are bound, removed ones closed at the swap. Switching implicit TLS on or
+        # off needs new sockets throughout.
+        current = server._servers.get(ident, [])
+        reusable: dict[tuple[str, int], Any] = {}
+        if old is not None and old.tls.implicit == listener.tls.implicit and len(current) == len(old.binds):
+            reusable = dict(zip(old.binds, current))
+        if listener.tls.implicit and reusable:
+            # A listening socket keeps its SSLContext object: at the swap that object gets the new chain
+            # and protocol range (handshakes that start from then on use them); the fresh context built
+            # above has validated them.
+            ssl_ctx = server._ssl_contexts[ident]
+            built["in_place"].append((ssl_ctx, settings.certificates[listener.tls.certificate], listener.tls))
+        servers, fresh = [], []
+        built["servers"][ident] = fresh
+        for bind in listener.binds:
+            if bind in reusable:
+                servers.append(reusable[bind])
+                continue
+            host, port = bind
             family = socket.AF_INET6 if ":" in host else socket.AF_INET
             try:
                 srv = await loop.create_server(
-                    lambda ident=ident, ctx=ctx: SmtpConnection(server, server._contexts.get(ident, ctx)), host, port, family=family,
+                    lambda ident=ident, ctx=ctx: SmtpConnection(server, server._contexts.get(ident, ctx)),
+                    host, port, family=family,
                     ssl=ssl_ctx if listener.tls.implicit else None,
                     ssl_handshake_timeout=listener.tls.timeout if listener.tls.implicit else None,
                     reuse_address=True, backlog=1024)
@@ -278,15 +283,17 @@ async def _prepare_listeners(server: Any, settings: Any, lookups: dict, built: d
                 raise ConfigError(f"server.listener.{ident}.bind",
                                   f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
             servers.append(srv)
+            fresh.append(srv)
             for sock in srv.sockets:
                 log.info("listener %s on %s (%s%s)", ident, _fmt(sock.getsockname()), listener.protocol,
                          ", implicit TLS" if listener.tls.implicit else ", STARTTLS" if ssl_ctx else "")
+        retire = [srv for srv in current if srv not in servers]
         socks = [sock for srv in servers for sock in srv.sockets]
         if len(socks) == 1:
             host, port = socks[0].getsockname()[:2]
             if host not in ("0.0.0.0", "::"):
                 ctx.local_addr = (host, port)
-        plan[ident] = (ctx, ssl_ctx, servers)
+        plan[ident] = (ctx, ssl_ctx, servers, retire)
     for ident, old in server.settings.listeners.items():
         if ident not in settings.listeners and old.protocol not in ("smtp", "lmtp"):
             raise ConfigError(f"server.listener.{ident}", f"a {old.protocol!r} listener cannot be removed by a "

@@ -217,6 +217,18 @@ def test_listeners_added_and_removed(tmp_path: Path) -> None:
         # The session on the removed listener finishes normally.
         assert finish_session(held)[4].startswith("250")
 
+        # A listener that gains an address keeps its socket for the address it had: same port, no gap.
+        port = srv.port("submission")
+        path.write_text(config(pki, tmp_path, extra_listener=True, implicit=False).replace(
+            '[server.listener.submission]\nbind = ["127.0.0.1:0"]',
+            '[server.listener.submission]\nbind = ["127.0.0.1:0", "[::1]:0"]'))
+        assert reload(srv, path) is True
+        ports = srv.server.ports("submission")
+        assert len(ports) == 2 and ports[0] == port
+        c6 = Raw(ports[1], host="::1")
+        assert c6.greeting.startswith("220 mx.test")
+        c6.close()
+
 
 def test_old_lookups_closed_after_last_session(tmp_path: Path) -> None:
     pki = make_pki(tmp_path / "pki")
