@@ -38,7 +38,6 @@ import asyncio
 import logging
 import os
 import signal
-import socket
 import ssl
 import sys
 from typing import Any
@@ -230,10 +229,8 @@ async def _reload(server: Any, path: str) -> bool:
 
 async def _prepare_listeners(server: Any, settings: Any, lookups: dict, built: dict) -> dict:
     """ident -> (ListenerContext, SSLContext | None, the listener's asyncio servers, servers to close)."""
-    from .server import SmtpConnection, _fmt
     from .server.tls import server_context
     from .session.context import ListenerContext
-    loop = asyncio.get_running_loop()
     plan = {}
     for ident, listener in settings.listeners.items():
         old = server.settings.listeners.get(ident)
@@ -271,22 +268,13 @@ async def _prepare_listeners(server: Any, settings: Any, lookups: dict, built: d
                 servers.append(reusable[bind])
                 continue
             host, port = bind
-            family = socket.AF_INET6 if ":" in host else socket.AF_INET
             try:
-                srv = await loop.create_server(
-                    lambda ident=ident, ctx=ctx: SmtpConnection(server, server._contexts.get(ident, ctx)),
-                    host, port, family=family,
-                    ssl=ssl_ctx if listener.tls.implicit else None,
-                    ssl_handshake_timeout=listener.tls.timeout if listener.tls.implicit else None,
-                    reuse_address=True, backlog=1024)
+                srv = await server._listen(ctx, ssl_ctx, host, port)
             except OSError as exc:
                 raise ConfigError(f"server.listener.{ident}.bind",
                                   f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
             servers.append(srv)
             fresh.append(srv)
-            for sock in srv.sockets:
-                log.info("listener %s on %s (%s%s)", ident, _fmt(sock.getsockname()), listener.protocol,
-                         ", implicit TLS" if listener.tls.implicit else ", STARTTLS" if ssl_ctx else "")
         retire = [srv for srv in current if srv not in servers]
         socks = [sock for srv in servers for sock in srv.sockets]
         if len(socks) == 1:

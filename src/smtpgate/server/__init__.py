@@ -72,7 +72,6 @@ class Server:
         for ident, remote in s.remotes.items():
             if remote.protocol in ("smtp", "lmtp") and self._custom_delivery is None:
                 self._next_hops[f"remote/{ident}"] = NextHop(remote, s.hostname)
-        loop = asyncio.get_running_loop()
         for ident, listener in s.listeners.items():
             ssl_ctx = None
             if listener.tls.enable:
@@ -82,18 +81,7 @@ class Server:
                                                           starttls_available=ssl_ctx is not None)
             servers = []
             for host, port in listener.binds:
-                family = socket.AF_INET6 if ":" in host else socket.AF_INET
-                srv = await loop.create_server(
-                    # the listener's context current at accept time (a reload swaps it: reload.py)
-                    lambda ident=ident, ctx=ctx: SmtpConnection(self, self._contexts.get(ident, ctx)),
-                    host, port, family=family,
-                    ssl=ssl_ctx if listener.tls.implicit else None,
-                    ssl_handshake_timeout=listener.tls.timeout if listener.tls.implicit else None,
-                    reuse_address=True, backlog=1024)
-                servers.append(srv)
-                for sock in srv.sockets:
-                    log.info("listener %s on %s (%s%s)", ident, _fmt(sock.getsockname()), listener.protocol,
-                             ", implicit TLS" if listener.tls.implicit else ", STARTTLS" if ssl_ctx else "")
+                servers.append(await self._listen(ctx, ssl_ctx, host, port))
             self._servers[ident] = servers
             socks = [sock for srv in servers for sock in srv.sockets]
             if len(socks) == 1:
@@ -102,6 +90,23 @@ class Server:
                     ctx.local_addr = (host, port)
         self._sweeper = self.clock.call_later(SWEEP_INTERVAL, self._sweep)
         return self
+
+    async def _listen(self, ctx: ListenerContext, ssl_ctx: ssl.SSLContext | None, host: str,
+                      port: int) -> asyncio.AbstractServer:
+        """One listening socket of a listener (also used by reload.py for added addresses)."""
+        listener = ctx.listener
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        srv = await asyncio.get_running_loop().create_server(
+            # the listener's context current at accept time (a reload swaps it: reload.py)
+            lambda ident=listener.id: SmtpConnection(self, self._contexts.get(ident, ctx)),
+            host, port, family=family,
+            ssl=ssl_ctx if listener.tls.implicit else None,
+            ssl_handshake_timeout=listener.tls.timeout if listener.tls.implicit else None,
+            reuse_address=True, backlog=1024)
+        for sock in srv.sockets:
+            log.info("listener %s on %s (%s%s)", listener.id, _fmt(sock.getsockname()), listener.protocol,
+                     ", implicit TLS" if listener.tls.implicit else ", STARTTLS" if ssl_ctx else "")
+        return srv
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop accepting, let sessions finish for ``grace`` seconds, then close the rest."""
