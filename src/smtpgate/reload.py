@@ -230,7 +230,6 @@ async def _reload(server: Any, path: str) -> bool:
 async def _prepare_listeners(server: Any, settings: Any, lookups: dict, built: dict) -> dict:
     """ident -> (ListenerContext, SSLContext | None, the listener's asyncio servers, servers to close)."""
     from .server.tls import server_context
-    from .session.context import ListenerContext
     plan = {}
     for ident, listener in settings.listeners.items():
         old = server.settings.listeners.get(ident)
@@ -247,7 +246,7 @@ async def _prepare_listeners(server: Any, settings: Any, lookups: dict, built: d
                 ssl_ctx = server_context(settings.certificates[listener.tls.certificate], listener.tls)
             except ssl.SSLError as exc:
                 raise ConfigError(f"certificate.{listener.tls.certificate}", f"cannot be loaded: {exc.reason or exc}") from None
-        ctx = ListenerContext(settings, listener, lookups, starttls_available=ssl_ctx is not None)
+        ctx = server._context(settings, listener, lookups, ssl_ctx)
         # Sockets of addresses the listener keeps stay open (no refused connection, no lost backlog);
         # only added addresses are bound, removed ones closed at the swap. Switching implicit TLS on or
         # off needs new sockets throughout.

@@ -77,8 +77,7 @@ class Server:
             if listener.tls.enable:
                 ssl_ctx = server_context(s.certificates[listener.tls.certificate], listener.tls)
                 self._ssl_contexts[ident] = ssl_ctx
-            ctx = self._contexts[ident] = ListenerContext(s, listener, self.lookups,
-                                                          starttls_available=ssl_ctx is not None)
+            ctx = self._contexts[ident] = self._context(s, listener, self.lookups, ssl_ctx)
             servers = []
             for host, port in listener.binds:
                 servers.append(await self._listen(ctx, ssl_ctx, host, port))
@@ -90,6 +89,11 @@ class Server:
                     ctx.local_addr = (host, port)
         self._sweeper = self.clock.call_later(SWEEP_INTERVAL, self._sweep)
         return self
+
+    def _context(self, settings: Settings, listener: Any, lookups: dict[str, Lookup],
+                 ssl_ctx: ssl.SSLContext | None) -> ListenerContext:
+        """What every session of a listener shares (also built by reload.py for a new configuration)."""
+        return ListenerContext(settings, listener, lookups, starttls_available=ssl_ctx is not None)
 
     async def _listen(self, ctx: ListenerContext, ssl_ctx: ssl.SSLContext | None, host: str,
                       port: int) -> asyncio.AbstractServer:
