@@ -155,10 +155,13 @@ async def reload(server: Any, path: str) -> bool:
     """Load ``path`` and swap it into ``server``. True when the new configuration serves."""
     from . import sdnotify
     sdnotify.reloading()
+    ok = False
     try:
         ok = await _reload(server, path)
     finally:
-        sdnotify.ready()
+        # READY=1 either way: systemd leaves the "reloading" state; STATUS= says how it went.
+        sdnotify.ready("configuration reloaded" if ok else "reload refused (configuration error, see the log); "
+                       "the previous configuration is serving")
     return ok
 
 
