@@ -165,6 +165,15 @@ def test_serve_notifies_systemd_reloads_by_pid_file_and_logs_stop(tmp_path: Path
         notify.wait_for("READY=1")
         assert any("RELOADING=1" in n for n in notify.seen)
         assert "AUTH PLAIN LOGIN" in ehlo(port)
+        # Log lines are written in batches by a background thread: wait for the line, then count.
+        deadline = time.monotonic() + 10
+        while True:
+            log.seek(0)
+            lines = [line for line in log.read().splitlines() if "Configuration error:" in line]
+            if lines or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        time.sleep(0.3)
         log.seek(0)
         lines = [line for line in log.read().splitlines() if "Configuration error:" in line]
         assert len(lines) == 1 and "session.auth.mechanisms" in lines[0], lines
