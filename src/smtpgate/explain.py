@@ -110,11 +110,11 @@ def run(args: argparse.Namespace) -> int:
            f"authenticated-as={ctx.authenticated_as or '-'} sender={args.sender or '-'} rcpt={args.rcpt or '-'}"]
     rows = []
     for expr in _session_exprs(settings.session):
-        row = SESSION_KEYS.get(expr.key)
-        rows.append((row.key if row else expr.key, expr, row.variables if row else None))
-    rows.append(("queue.outbound.next-hop", settings.next_hop, None))
-    for key, expr, variables in rows:
-        value, where, missing = explain_expr(expr, ctx, lines, raw, args.config, variables, given)
+        row = SESSION_KEYS.get(expr.key)          # an alias (errors.max) is shown under its canonical key
+        rows.append((row.key if row else expr.key, expr))
+    rows.append(("queue.outbound.next-hop", settings.next_hop))
+    for key, expr in rows:
+        value, where, missing = explain_expr(expr, ctx, lines, raw, args.config, given)
         out.append(f"{key} = {_show(value)}")
         out.append(f"    {where}")
         if missing:
@@ -138,7 +138,7 @@ def _session_exprs(session: Any) -> list[Expr]:
 
 
 def explain_expr(expr: Expr, ctx: Any, lines: dict[str, int], raw: dict, source: str,
-                 variables: frozenset[str] | None, given: dict[str, Any]) -> tuple[Any, str, list[str]]:
+                 given: dict[str, Any]) -> tuple[Any, str, list[str]]:
     """(value, "file:line rule ...", variables the rules test that were not given)."""
     key = expr.key
     rules_raw = _raw_at(raw, key)
