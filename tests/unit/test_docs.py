@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from smtpgate.cli import main
+from smtpgate.config.load import load_file
 from tests.fixtures.certs import make_pki
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
@@ -46,6 +47,12 @@ def test_doc_config_passes_check_config(name: str, line: int, text: str, tmp_pat
     status = main(["check-config", "--config", str(conf)])
     err = capsys.readouterr().err
     assert status == 0, f"docs/{name}:{line}: {err}"
+    # A guide that sets up a certificate means every listener to use it (STARTTLS or implicit), and one
+    # that requires AUTH must not leave a listener where the offered mechanisms are unusable without TLS.
+    settings = load_file(str(conf))
+    if settings.certificates:
+        plain = [ident for ident, listener in settings.listeners.items() if not listener.tls.enable]
+        assert not plain, f"docs/{name}:{line}: listeners without TLS: {plain} (add [server.tls])"
 
 
 def test_every_guide_has_a_checked_config_and_is_listed() -> None:
