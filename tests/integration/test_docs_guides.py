@@ -1,10 +1,12 @@
 """The guides work as written, against the real services they describe: the PostgreSQL guide's schema,
-queries and configuration; the Dovecot guide end to end; the OpenLDAP configurations against slapd.
+queries and configuration; the Dovecot guide end to end; the OpenLDAP configurations against slapd; the
+Keycloak configurations against a JWKS/introspection stand-in.
 (The check-config test of every guide's configurations is tests/unit/test_docs.py.)"""
 from __future__ import annotations
 
 import asyncio
 import re
+import time
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +15,7 @@ import asyncpg
 
 from tests.fixtures.certs import make_pki
 from tests.fixtures.dovecot import DovecotServer, dovecot, dovecot_session  # noqa: F401
+from tests.fixtures.oauth_server import _oauth_server_module, oauth_server  # noqa: F401
 from tests.fixtures.postgres import pg_url  # noqa: F401
 from tests.fixtures.slapd import ldap_pki, slapd  # noqa: F401
 
@@ -152,3 +155,34 @@ def test_openldap_guide_against_real_slapd(tmp_path: Path, slapd, ldap_pki) -> N
         assert "postmaster@example.org" in out or name == "search", (name, out)   # mailLocalAddress
         out = subprocess.run(base, input="wrong\n", capture_output=True, text=True, timeout=60).stdout
         assert "invalid (clients get 535 5.7.8, counted)" in out, (name, out)
+
+
+def test_keycloak_guide_jwt_and_introspection(tmp_path: Path, oauth_server) -> None:  # noqa: F811
+    """The Keycloak configurations of the OAuth guide against a stand-in provider (JWKS + RFC 7662)."""
+    from tests.fixtures.oauth_server import CLIENT_ID, CLIENT_SECRET, ISSUER
+
+    guide = (DOCS / "oauth.md").read_text()
+    pki = make_pki(tmp_path / "pki")
+    realm = "https://sso.example.org/realms/mail"
+    jwt_conf = (_certs(_block(guide, "toml", 0), pki)
+                .replace(f"{realm}/protocol/openid-connect/certs", oauth_server.jwks_url)
+                .replace(realm, ISSUER))
+    intro_conf = (_certs(_block(guide, "toml", 1), pki)
+                  .replace(f"{realm}/protocol/openid-connect/token/introspect", oauth_server.introspection_url)
+                  .replace('introspection.client-id = "smtpgate"', f'introspection.client-id = "{CLIENT_ID}"')
+                  .replace("client-secret-from-keycloak", CLIENT_SECRET)
+                  .replace(realm, ISSUER))
+    opaque = "opaque-token-for-alice"
+    oauth_server.register_opaque(opaque, active=True, username="alice@example.org", email="alice@example.org",
+                                 iss=ISSUER, exp=int(time.time()) + 300)
+    cases = (("jwt", jwt_conf, oauth_server.mint(), oauth_server.mint(aud="someone-else")),
+             ("introspection", intro_conf, opaque, "unknown-token"))
+    for name, text, good, bad in cases:
+        conf = tmp_path / f"{name}.toml"
+        conf.write_text(text.replace("/var/lib/smtpgate", str(tmp_path)))
+        base = [SMTPGATE, "explain", "--config", str(conf), "--listener", "submission", "--remote-ip",
+                "192.0.2.7", "--tls", "--bearer", "--user", "alice@example.org"]
+        out = subprocess.run(base, input=good + "\n", capture_output=True, text=True, timeout=60)
+        assert "valid: account 'alice@example.org'" in out.stdout, (name, out.stdout, out.stderr)
+        out = subprocess.run(base, input=bad + "\n", capture_output=True, text=True, timeout=60)
+        assert "invalid (clients get 535 5.7.8, counted)" in out.stdout, (name, out.stdout, out.stderr)
