@@ -222,9 +222,7 @@ async def _reload(server: Any, path: str) -> bool:
         log.info("listener %s removed: no new connections, its sessions finish", ident)
     for srv in retired_servers:
         srv.close()
-    task = loop.create_task(_retire(server, old_settings, old_lookups, old_delivery))
-    _RETIRING.add(task)                      # the loop keeps only a weak reference to tasks
-    task.add_done_callback(_RETIRING.discard)
+    _retire_when_idle(server, old_settings, old_lookups, old_delivery)
     log.info("configuration reloaded from %s: %d listener(s); sessions in progress keep the previous settings",
              path, len(settings.listeners))
     return True
@@ -328,15 +326,26 @@ async def _discard(server: Any, built: dict) -> None:
             pass
 
 
-async def _retire(server: Any, settings: Any, lookups: dict, delivery: Any) -> None:
-    """Close the previous generation's lookups once its last session has ended."""
+def _retire_when_idle(server: Any, settings: Any, lookups: dict, delivery: Any) -> None:
+    """Close the previous generation's lookups once its last session has ended: checked every second
+    by a timer (no task waits meanwhile). If the server stops first, they are left to the end of the
+    process (their sessions are being cut then; the server closes the current generation's)."""
+    loop = asyncio.get_running_loop()
+
+    def check() -> None:
+        if server._stopping:
+            return
+        if any(conn.ctx.settings is settings for conn in list(server._connections)):
+            loop.call_later(1.0, check)
+            return
+        task = loop.create_task(_retire(server, lookups, delivery))
+        _RETIRING.add(task)                  # the loop keeps only a weak reference to tasks
+        task.add_done_callback(_RETIRING.discard)
+    loop.call_soon(check)
+
+
+async def _retire(server: Any, lookups: dict, delivery: Any) -> None:
     from .lookup import registry
-    while any(conn.ctx.settings is settings for conn in list(server._connections)):
-        try:
-            await asyncio.wait_for(server._stopped.wait(), 1.0)
-            return                        # the server stopped: it closed what it had, the process ends
-        except TimeoutError:
-            pass
     current = {id(lk) for lk in registry.unique(server.lookups)}
     for lk in registry.unique(lookups):
         if id(lk) in current or lk in server._custom_lookups.values():
