@@ -136,11 +136,15 @@ class SmtpConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        s = self.session
         if self.pending is not None:
-            self.pending.cancel()
+            if s is not None and s.verdict_pending:
+                pass      # the lookup runs to its verdict (bounded by its timeout and concurrency): _resume
+            else:
+                self.pending.cancel()
             self.pending = None
-        if self.session is not None:
-            self.session.abandon()
+        if s is not None:
+            s.abandon()
         self.server._unregister(self)
 
     def pause_writing(self) -> None:
@@ -197,6 +201,11 @@ class SmtpConnection(asyncio.Protocol):
         self.pending = None
         if not self.closed:
             self._pump(value)
+        elif self.session is not None and self.session.gone:
+            try:
+                self.session.resume(value)         # the abandoned attempt's verdict, to be recorded
+            except Exception:  # noqa: BLE001
+                log.exception("recording an abandoned attempt failed")
 
     async def _serve(self, req: Any) -> None:
         """Perform one async request and resume the session with its answer."""

@@ -56,7 +56,7 @@ from ..protocol.reader import (COMMAND_LINE_LIMIT, MAIL_LINE_LIMIT, SASL_LINE_LI
 from . import auth, data, ehlo, mail, rcpt, simple_commands, starttls
 from .context import ListenerContext
 from .params import SessionParams
-from .requests import PAUSE, ReadData, ReadLine, StartTls, TlsInfo
+from .requests import PAUSE, Authenticate, ReadData, ReadLine, StartTls, TlsInfo
 from .variables import SessionVariables
 
 #: Commands answered in one go before the session gives the event loop back (PAUSE): a client that
@@ -173,7 +173,7 @@ class Session:
     __slots__ = ("ctx", "out", "vars", "params", "remote_port", "state", "tls", "helo", "esmtp",
                  "auth_account", "auth_addresses", "auth_failures", "errors", "auth_mechanism", "mail_from",
                  "mail_params", "auth_param", "rcpts", "messages", "reader", "eof", "_handler", "_awaiting_input",
-                 "started", "_last_input", "_line_started", "_consumed_mark", "_data_started", "_data_mark",
+                 "gone", "_request", "started", "_last_input", "_line_started", "_consumed_mark", "_data_started", "_data_mark",
                  "__weakref__")
 
     def __init__(self, ctx: ListenerContext, remote_ip: str, remote_port: int, local_ip: str, local_port: int,
@@ -191,6 +191,8 @@ class Session:
         self.eof = False
         self._handler: Generator | None = None     # the stage generator in progress
         self._awaiting_input = False               # ... waiting for a SASL line or the message body
+        self._request: Any = None                  # the request out with the transport
+        self.gone = False                          # the client left (abandon)
         # Deadlines (see deadline_reply); times are the transport's clock, passed in.
         self.started = self._last_input = now
         self._line_started: float | None = None    # first byte of the incomplete line now buffered
@@ -368,14 +370,34 @@ class Session:
         self._awaiting_input = False
         return self._run(gen, answer)
 
+    @property
+    def verdict_pending(self) -> bool:
+        """The client's credentials are with a lookup: its verdict must still be heard (abandon)."""
+        return type(self._request) is Authenticate
+
     def abandon(self) -> None:
-        """The connection is gone: drop the stage in progress (its ``finally`` blocks run)."""
+        """The connection is gone. The stage in progress is dropped (its ``finally`` blocks run) -- unless
+        a lookup is judging credentials the client sent: then the transport lets it finish and hands its
+        verdict to :meth:`resume` once more, so the attempt is recorded (``result=abandoned``)."""
+        self.gone = True
+        if self.verdict_pending:
+            return
         gen, self._handler = self._handler, None
         if gen is not None:
             gen.close()
 
     def resume(self, answer: Any) -> Any:
         """Hand back the answer to the request ``advance``/``resume`` returned, and run on."""
+        self._request = None
+        if self.gone:
+            gen, self._handler = self._handler, None
+            if gen is not None:
+                try:
+                    gen.send(answer)              # the stage records the outcome; nothing more is done
+                except StopIteration:
+                    pass
+                gen.close()
+            return None
         return self._run(self._handler, answer)
 
     def _run(self, gen: Generator | None, answer: Any) -> Any:
@@ -421,6 +443,7 @@ class Session:
                 # RFC 3207: nothing the client pipelined behind STARTTLS in cleartext may be executed.
                 reader.clear()
             self._handler = gen
+            self._request = req
             return req
 
     def _read_framed(self) -> Any:
