@@ -179,8 +179,8 @@ def test_flood_while_a_request_is_in_flight(srv):
     assert c.reply() == "535 5.7.8 Authentication credentials invalid."
     assert c.reply() == "500 5.5.6 Line too long"
     assert c.reply() == "250 2.0.0 OK"
-    conns = [x for x in list(srv.server._connections) if x.session and x.session.remote_port == c.sock.getsockname()[1]]
-    assert conns and conns[0].session.reader.buffered == 0 and len(conns[0].session.reader._buf) < (2 << 20)
+    sessions = [s for s in srv.server.sessions() if s.remote_port == c.sock.getsockname()[1]]
+    assert sessions and sessions[0].buffered == 0 and sessions[0].reader.held < (2 << 20)
     c.close()
     healthy(srv)
 

@@ -65,6 +65,12 @@ class LineReader:
     def buffered(self) -> int:
         return len(self._buf) - self._pos
 
+    @property
+    def held(self) -> int:
+        """Bytes this reader keeps in memory: unread input, input read but not yet compacted away, and
+        the message body so far."""
+        return len(self._buf) + (len(self._data) if self._data is not None else 0)
+
     def next_line(self, limit: int = SASL_LINE_LIMIT) -> bytes | object | None:
         buf = self._buf
         start = self._pos

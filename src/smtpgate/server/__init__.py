@@ -149,9 +149,17 @@ class Server:
     def ports(self, listener_id: str) -> list[int]:
         return [sock.getsockname()[1] for srv in self._servers[listener_id] for sock in srv.sockets]
 
+    def addresses(self, listener_id: str) -> list[tuple]:
+        """The socket addresses a listener is bound to (``getsockname()`` of each)."""
+        return [sock.getsockname() for srv in self._servers[listener_id] for sock in srv.sockets]
+
     @property
     def connection_count(self) -> int:
         return len(self._connections)
+
+    def sessions(self) -> list:
+        """The sessions being served now (connections still in their TLS handshake have none yet)."""
+        return [conn.session for conn in list(self._connections) if conn.session is not None]
 
     # -- used by connections -------------------------------------------------------------------------
     def _register(self, conn: SmtpConnection) -> bool:
