@@ -174,10 +174,10 @@ def _parse_scram(value: str) -> ScramKeys:
     parts = value.split(",")
     if len(parts) < 4:
         raise _Malformed("expected iterations,salt,stored-key,server-key")
-    try:
-        iterations = int(parts[0])
-    except ValueError:
-        raise _Malformed("bad iteration count") from None
+    # ASCII digits only: int() would also take "٤٠٩٦", " 4096" or "4_096".
+    if not (parts[0].isascii() and parts[0].isdigit() and len(parts[0]) <= 10):
+        raise _Malformed("bad iteration count")
+    iterations = int(parts[0])
     if iterations < 1:
         raise _Malformed("bad iteration count")
     salt, stored_key, server_key = (_decode(p, "b64") for p in parts[1:4])

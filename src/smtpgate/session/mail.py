@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..protocol import replies as R
-from ..protocol.commands import ParseError, parse_path, parse_path_and_params, xtext_decode
+from ..protocol.commands import ParseError, ascii_number, parse_path, parse_path_and_params, xtext_decode
 
 if TYPE_CHECKING:
     from .machine import Session
@@ -31,10 +31,11 @@ def mail(s: "Session", arg: str) -> None:
     auth_param = None
     for key, value in params.items():
         if key == "SIZE":
-            if value is None or not value.isdigit():
+            size = ascii_number(value)
+            if size is None:
                 s.reply(R.MAIL_SYNTAX)
                 return _undo(s)
-            if int(value) > cfg.data_max_size.evaluate(v):
+            if size > cfg.data_max_size.evaluate(v):
                 s.reply(R.MAIL_TOO_BIG)
                 return _undo(s)
         elif key == "BODY":
