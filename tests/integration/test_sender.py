@@ -180,7 +180,9 @@ def test_auth_parameter_kept_only_when_owned(tmp_path: Path) -> None:
         envs = spooled(srv)
         assert [e["auth_param"] for e in envs] == [
             "j+t=x@local.test", "J+t=x@LOCAL.TEST", "<>", "<>", "j+t=x@local.test", None, "<>"]
-        assert [e["params"].get("AUTH") for e in envs][:2] == ["j+2Bt+3Dx@local.test", "J+2Bt+3Dx@LOCAL.TEST"]
+        # the envelope keeps only the effective value, never the client's untrusted claim (issue 9 item 9)
+        assert [e["params"].get("AUTH") for e in envs] == [
+            "j+2Bt+3Dx@local.test", "J+2Bt+3Dx@LOCAL.TEST", "<>", "<>", "j+2Bt+3Dx@local.test", None, "<>"]
 
 
 MALFORMED_AUTH = [

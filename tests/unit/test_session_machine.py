@@ -88,7 +88,7 @@ def test_greeting(settings, lookups):
 def test_ehlo_cleartext_offers_starttls_not_plain(settings, lookups):
     s = session(settings, lookups)
     assert cmd(s, b"EHLO client.test") == (b"250-mx.test says hello\r\n250-PIPELINING\r\n250-8BITMIME\r\n"
-                                           b"250-ENHANCEDSTATUSCODES\r\n250-SIZE 1000\r\n250-STARTTLS\r\n"
+                                           b"250-ENHANCEDSTATUSCODES\r\n250-SMTPUTF8\r\n250-SIZE 1000\r\n250-STARTTLS\r\n"
                                            b"250 HELP\r\n")
 
 

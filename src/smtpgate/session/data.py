@@ -40,8 +40,10 @@ def _receive(s: "Session") -> Generator:
         s.reply(R.DATA_TOO_BIG)
         return
     queue_id = secrets.token_hex(8).upper()
+    # A recipient given twice is delivered once (dict: first-seen order); LMTP still answers every RCPT.
+    unique = list(dict.fromkeys(r.text for r in rcpts))
     env = Envelope(
-        mail_from=s.mail_from.text, rcpt_to=[r.text for r in rcpts],
+        mail_from=s.mail_from.text, rcpt_to=unique,
         data=received_header(s, queue_id) + result.body,
         mail_params=dict(s.mail_params), authenticated_as=s.auth_account, auth_param=s.auth_param,
         helo=s.helo or "", remote_ip=str(s.vars.remote_ip), listener=s.ctx.listener.id,
@@ -49,8 +51,10 @@ def _receive(s: "Session") -> Generator:
     results = yield Deliver(env, s.ctx.settings.next_hop.evaluate(s.vars))
     s.reset_transaction()
     s.messages += 1
-    if not isinstance(results, list) or len(results) != len(rcpts):
-        results = [RcptResult(451, "4.3.0 Delivery failed, try again later")] * len(rcpts)
+    if not isinstance(results, list) or len(results) != len(unique):
+        results = [RcptResult(451, "4.3.0 Delivery failed, try again later")] * len(unique)
+    by_rcpt = dict(zip(unique, results))
+    results = [by_rcpt[r.text] for r in rcpts]
     if s.ctx.lmtp:
         for r in results:
             s.reply(r.line())

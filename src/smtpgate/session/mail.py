@@ -42,6 +42,10 @@ def mail(s: "Session", arg: str) -> None:
             if value is None or value.upper() not in ("7BIT", "8BITMIME"):
                 s.reply(R.MAIL_BAD_PARAM)
                 return _undo(s)
+        elif key == "SMTPUTF8":  # RFC 6531 §3.4: no value
+            if value is not None:
+                s.reply(R.MAIL_BAD_PARAM)
+                return _undo(s)
         elif key == "AUTH":
             auth_param = _auth_param(value)
             if auth_param is None:
@@ -50,6 +54,9 @@ def mail(s: "Session", arg: str) -> None:
         else:
             s.reply(R.MAIL_BAD_PARAM)
             return _undo(s)
+    if not addr.text.isascii() and "SMTPUTF8" not in params:
+        s.reply(R.MAIL_NEEDS_SMTPUTF8)
+        return _undo(s)
     if s.auth_account is not None and addr.domain and cfg.auth_must_match_sender.evaluate(v):
         if not owns(s, addr.lower):
             s.reply(R.MAIL_NOT_OWNED)
