@@ -32,7 +32,7 @@ domains = "list/domains"
 
 [list]
 users = ["john@local.test:secret", "j+t=x@Local.Test:secret2", "plainlogin:secret3"]
-domains = ["local.test"]
+domains = ["local.test", "other.local.test"]
 
 [queue]
 path = "{tmp}/spool"
@@ -84,10 +84,15 @@ def test_must_match_sender_with_login_address(tmp_path: Path) -> None:
         assert send(c, "<JOHN@Local.Test>").startswith("250 2.0.0")
         c.close()
 
-        # A login that is not an address owns no address at all.
+        # A login without a domain owns login@d for each local domain d (issue 9 item 13), nothing else.
         c = login(srv.port("submission"), "PLAINLOGIN", "secret3")
-        assert mail_from(c, "<plainlogin@local.test>") == NOT_OWNED
-        assert mail_from(c, "<>") == "250 2.1.0 Sender OK"
+        for own in ("<plainlogin@local.test>", "<PlainLogin@Local.Test>", "<plainlogin@other.local.test>", "<>"):
+            assert mail_from(c, own) == "250 2.1.0 Sender OK", own
+        for other in ("<plainlogin@remote.test>", "<john@local.test>", "<plainlogin+x@local.test>",
+                      "<plainlogin@sub.local.test>", "<plainlogin@[127.0.0.1]>", '<"plainlogin"@local.test>'):
+            assert mail_from(c, other) == NOT_OWNED, other
+        # and may name itself in AUTH=
+        assert send(c, "<plainlogin@local.test> AUTH=plainlogin@other.local.test").startswith("250 2.0.0")
         c.close()
 
         # Unauthenticated sessions are not subject to it (relay protection guards them instead).
@@ -96,8 +101,9 @@ def test_must_match_sender_with_login_address(tmp_path: Path) -> None:
         assert send(c, "<anyone@remote.test>").startswith("250 2.0.0")
         c.close()
         envs = spooled(srv)
-        assert [e["mail_from"] for e in envs] == ["JOHN@local.test", "anyone@remote.test"]
-        assert [e["authenticated_as"] for e in envs] == ["john@local.test", None]
+        assert [e["mail_from"] for e in envs] == ["JOHN@local.test", "plainlogin@local.test", "anyone@remote.test"]
+        assert [e["authenticated_as"] for e in envs] == ["john@local.test", "plainlogin", None]
+        assert envs[1]["auth_param"] == "plainlogin@other.local.test"
 
 
 def _make_store(path: Path) -> None:

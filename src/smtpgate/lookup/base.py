@@ -36,14 +36,27 @@ class Capability(enum.Flag):
 
 
 @dataclass(frozen=True, slots=True)
+class Origin:
+    """Where an attempt comes from: the SMTP client's address and port, and the local address and port
+    it connected to. A remote store may be told (IMAP ``ID``) so that its own per-IP protections (Dovecot's
+    auth penalty) apply to the client, not to smtpgate."""
+    client_ip: str
+    client_port: int
+    local_ip: str
+    local_port: int
+
+
+@dataclass(frozen=True, slots=True)
 class Credentials:
     """What a SASL mechanism extracted from the client. ``secret`` is a password or a bearer token
-    (``kind`` says which). Never log ``secret``."""
+    (``kind`` says which). Never log ``secret``. ``origin`` is added by the AUTH stage (mechanisms do
+    not know the connection); it is not part of what is verified or cached."""
     mechanism: str           # upper-case SASL name, e.g. "PLAIN"
     username: str            # authcid (for tokens: the user the client claims, may be "")
     secret: str
     kind: str = "password"   # "password" | "token"
     authzid: str = ""
+    origin: Origin | None = None
 
     def __repr__(self) -> str:  # keeps secrets out of tracebacks and debug logs
         return f"Credentials(mechanism={self.mechanism!r}, username={self.username!r}, kind={self.kind!r})"

@@ -77,6 +77,7 @@ MAIL_BAD_PARAM = reply(555, "5.5.4 Unsupported MAIL FROM parameter")
 MAIL_BAD_AUTH_PARAM = reply(501, "5.5.4 Malformed AUTH= parameter")
 MAIL_TOO_BIG = reply(552, "5.3.4 Message size exceeds fixed maximum message size")
 MAIL_NOT_OWNED = reply(550, "5.7.1 Sender address not owned by authenticated user.")
+MAIL_TEMPFAIL = reply(451, "4.3.0 Sender check temporarily unavailable, try again later")
 # RFC 6531 §3.5: a non-ASCII address needs the SMTPUTF8 MAIL parameter.
 MAIL_NEEDS_SMTPUTF8 = reply(553, "5.6.7 Non-ASCII sender address requires the SMTPUTF8 parameter")
 RCPT_NEEDS_SMTPUTF8 = reply(553, "5.6.7 Non-ASCII recipient address requires SMTPUTF8 in MAIL FROM")

@@ -19,10 +19,11 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+from dataclasses import replace
 from typing import TYPE_CHECKING, Generator
 
 from .. import sasl
-from ..lookup.base import AuthResult, Outcome
+from ..lookup.base import AuthResult, Credentials, Origin, Outcome
 from ..protocol import replies as R
 from ..protocol.reader import SASL_LINE_LIMIT, TOO_LONG
 from ..sasl.base import Challenge, Failure, NeedSecret, Success, Verify
@@ -152,7 +153,7 @@ def _exchange(s: "Session", name: str, mech, initial: str | None) -> Generator:
             action = mech.respond(data)
         elif isinstance(action, Verify):
             user = action.creds.username
-            result = yield Authenticate(lookup, action.creds)
+            result = yield Authenticate(lookup, _with_origin(s, action.creds))
             if not isinstance(result, AuthResult):
                 result = AuthResult(Outcome.UNAVAILABLE, reason="lookup failed")
             if result.outcome is Outcome.UNAVAILABLE:
@@ -260,3 +261,9 @@ def _quote(text: str) -> str:
             out.append(f"\\x{ord(ch):02x}" if ord(ch) < 256 else f"\\u{ord(ch):04x}")
     out.append('"')
     return "".join(out)
+
+
+def _with_origin(s: "Session", creds: Credentials) -> Credentials:
+    """The client's and our address for the lookup (forwarded to Dovecot with IMAP ID)."""
+    v = s.vars
+    return replace(creds, origin=Origin(str(v.remote_ip), s.remote_port, str(v.local_ip), v.local_port))
