@@ -14,7 +14,7 @@ import pytest
 from smtpgate.config.load import load_text
 from smtpgate.delivery.base import RcptResult
 from smtpgate.lookup import registry
-from smtpgate.lookup.base import AuthResult, Credentials, Outcome, SecretRecord
+from smtpgate.lookup.base import AuthResult, Credentials, Origin, Outcome, SecretRecord
 from smtpgate.protocol.reader import TOO_LONG, DataResult, LineReader
 from smtpgate.session import ListenerContext, Session, TlsInfo
 from smtpgate.session.machine import (UNAVAILABLE, Authenticate, Compute, Contains, Deliver, GetSecret, ReadData,
@@ -170,7 +170,9 @@ def test_auth_plain_yields_authenticate_and_235(settings, lookups):
     req = gen.send(None)
     assert isinstance(req, Authenticate)
     assert req.lookup is lookups["list/users"]
-    assert req.creds == Credentials("PLAIN", "john@example.org", "secret")
+    # the lookup is told where the attempt comes from (issue 9 item 14: forwarded to Dovecot with IMAP ID)
+    assert req.creds == Credentials("PLAIN", "john@example.org", "secret",
+                                    origin=Origin("192.0.2.10", 40000, "127.0.0.1", 587))
     assert out(s) == b""                                       # nothing said before the answer
     with pytest.raises(StopIteration):
         gen.send(AuthResult(Outcome.VALID, account="john@example.org", addresses=frozenset({"john@example.org"})))

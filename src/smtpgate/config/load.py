@@ -271,7 +271,13 @@ class _Builder:
                 queries[name] = sql
             conc = values.positive_int(f"{base}.concurrency", self.take(f"{base}.concurrency", 10))
             timeout = values.duration(f"{base}.timeout", self.take(f"{base}.timeout", "5s"))
-            out[ident] = DatabaseSettings(ident, address, queries, conc, timeout, self.cache(base))
+            decoy = values.nonempty_string(f"{base}.decoy-scheme", self.take(f"{base}.decoy-scheme", "ARGON2ID"))
+            try:
+                from ..lookup.secrets import parse_decoy_scheme
+                parse_decoy_scheme(decoy)
+            except ValueError as exc:
+                raise ConfigError(f"{base}.decoy-scheme", str(exc)) from None
+            out[ident] = DatabaseSettings(ident, address, queries, conc, timeout, self.cache(base), decoy)
         return out
 
     def tls_client(self, base: str) -> TlsClientSettings:
