@@ -19,6 +19,7 @@ import pytest
 
 from smtpgate.config.load import load_text
 from smtpgate.config.errors import ConfigError
+from smtpgate.config.directory import UserStoreSettings
 from smtpgate.config.model import DatabaseSettings, DirectorySettings, ListSettings
 from smtpgate.lookup import secrets
 from smtpgate.lookup.base import Credentials, Lookup
@@ -162,7 +163,7 @@ async def test_user_store_of_one_scheme(tmp_path: Path) -> None:
             await store.add_user(f"u{i}@example.org", f"pw{i}")
         # Imported secrets (here: cheaper than argon2id, to keep the test short) are what the store holds now.
         await store.db.execute("UPDATE smtpgate_users SET password = ?", crypt_hash("imported"))
-    lookup = UserStoreLookup(DirectorySettings(id="u", type="internal", options={"store": url}))
+    lookup = UserStoreLookup(DirectorySettings(id="u", type="internal", options=UserStoreSettings(store=url)))
     await lookup.start()
     try:
         assert_close(*await medians(lookup, "u1@example.org"))

@@ -6,16 +6,13 @@ from typing import TYPE_CHECKING, Generator
 
 from ..protocol import replies as R
 from ..protocol.commands import ParseError, ascii_number, parse_path, parse_path_and_params, xtext_decode
-from .machine import UNAVAILABLE, Contains
+from .requests import UNAVAILABLE, Contains
 
 if TYPE_CHECKING:
     from .machine import Session
 
 
 def mail(s: "Session", arg: str) -> Generator | None:
-    if s.mail_from is not None:
-        s.reply(R.NESTED_MAIL)
-        return
     try:
         addr, params = parse_path_and_params(arg, "FROM:")
     except ParseError as exc:
@@ -95,9 +92,7 @@ def _sender(s: "Session", addr, params: dict[str, str | None], auth_param: str |
     if auth_param is not None:
         owned = s.auth_account is not None and auth_param != "<>" and (yield from _owned(s, auth_param.lower()))
         auth_param = auth_param if owned is True else "<>"
-    s.mail_from = addr
-    s.mail_params = params
-    s.auth_param = auth_param
+    s.mail_accepted(addr, params, auth_param)
     s.reply(R.MAIL_OK)
 
 
