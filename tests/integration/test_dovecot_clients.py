@@ -29,7 +29,7 @@ ALICE = f"alice@{DOMAIN}"
 JOHN_PASSWORD = "john-secret"
 
 
-def config(dc: DovecotServer) -> str:
+def config(dc: DovecotServer, protocol: str = "imap") -> str:
     return """
 [server]
 hostname = "mx.test"
@@ -50,8 +50,8 @@ domains = ["{DOMAIN}", "other.test"]
 
 [remote.dovecot]
 address = "127.0.0.1"
-port = {dc.imap_port}
-protocol = "imap"
+port = {dc.imap_port if protocol == "imap" else dc.submission_port}
+protocol = "{protocol}"
 lookup = true
 timeout = "20s"
 concurrency = 20
@@ -73,11 +73,14 @@ def auth_plain(port: int, user: str, password: str, source: str, timeout: float 
     return reply, time.monotonic() - started, c
 
 
-def test_client_address_forwarded_so_one_guesser_does_not_slow_others(tmp_path: Path, dovecot_factory) -> None:
+@pytest.mark.parametrize("protocol, service", [("imap", "imap-login"), ("smtp", "submission-login")])
+def test_client_address_forwarded_so_one_guesser_does_not_slow_others(tmp_path: Path, dovecot_factory,
+                                                                       protocol: str, service: str) -> None:
+    """IMAP ``ID`` for remote/imap; XCLIENT for remote/smtp (Dovecot's submission service)."""
     # Dovecot's defaults for failures: a delayed reply (which is also what feeds the penalty) and anvil's
     # per-IP penalty; only smtpgate's own address is trusted to forward a client's.
     dc = dovecot_factory(trusted_networks="127.0.0.1", auth_penalty=True, extra_config="auth_failure_delay = 2s")
-    with run_server(config(dc), tmp_path) as srv:
+    with run_server(config(dc, protocol), tmp_path) as srv:
         port = srv.port("submission")
         # A burst of wrong passwords from 127.0.0.2 (side by side, as an attacker would).
         replies: list[str] = []
@@ -107,9 +110,9 @@ def test_client_address_forwarded_so_one_guesser_does_not_slow_others(tmp_path: 
 
     # Dovecot's log names the SMTP clients, not smtpgate.
     log = dc.log_text()
-    logins = [ln for ln in log.splitlines() if f"Login: user=<{ALICE}>" in ln]
+    logins = [ln for ln in log.splitlines() if f"{service}: Info: Login: user=<{ALICE}>" in ln]
     assert any("rip=127.0.0.3" in ln for ln in logins), logins
-    failed = [ln for ln in log.splitlines() if f"user=<{ALICE}>" in ln and "auth failed" in ln]
+    failed = [ln for ln in log.splitlines() if f"{service}: " in ln and f"user=<{ALICE}>" in ln and "auth failed" in ln]
     assert len(failed) == 5 and all("rip=127.0.0.2" in ln for ln in failed), failed
     assert not re.search(r"user=<[^>]+>.*rip=127\.0\.0\.1,", log), "a login seen as smtpgate's own"
 
