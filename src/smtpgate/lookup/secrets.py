@@ -277,9 +277,9 @@ def _dummy_hash() -> str:
 # costs for its slowest users -- and never depends on which logins came before (an attacker must not be
 # able to pick the decoy by logging in first).
 
-_ARGON2_PARAMS = re.compile(r"\$argon2(?:id|i|d)\$(?:v=\d+\$)?m=(\d+),t=(\d+),p=(\d+)\$")
-_BCRYPT_COST = re.compile(r"\$2[abxy]?\$(\d\d)\$")
-_CRYPT_ROUNDS = re.compile(r"\$[56]\$rounds=(\d+)\$")
+_ARGON2_PARAMS = re.compile(r"\$argon2(?:id|i|d)\$(?:v=[0-9]+\$)?m=([0-9]{1,9}),t=([0-9]{1,9}),p=([0-9]{1,9})\$")
+_BCRYPT_COST = re.compile(r"\$2[abxy]?\$([0-9][0-9])\$")
+_CRYPT_ROUNDS = re.compile(r"\$[56]\$rounds=([0-9]{1,9})\$")
 
 
 def cost(stored: str) -> float:

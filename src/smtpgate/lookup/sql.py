@@ -162,7 +162,7 @@ class Conn:
         if self.dialect == "postgres":
             status = await self.raw.execute(to_numbered(sql), *params)
             tail = status.rsplit(" ", 1)[-1]
-            return int(tail) if tail.isdigit() else 0
+            return int(tail) if tail.isascii() and tail.isdigit() else 0
         async with self.raw.execute(sql, params) as cur:
             return cur.rowcount
 
