@@ -63,6 +63,7 @@ def test_smtputf8_offered_and_required(tmp_path: Path) -> None:
         assert env["mail_from"] == "jöhn@remote.test" and env["rcpt_to"] == ["zoë@local.test"]
         assert "SMTPUTF8" in env["params"]
         assert "Subject: grüße".encode() in msg
+        assert b"\r\n\twith UTF8SMTP id " in msg     # RFC 6531 §3.7.3 (UTF8SMTPSA when TLS and AUTH)
 
 
 def test_duplicate_recipients_stored_once(tmp_path: Path) -> None:

@@ -60,6 +60,8 @@ def received_header(s: "Session", queue_id: str) -> bytes:
         proto = "ESMTP" + ("S" if s.tls else "") + ("A" if s.auth_account else "")
     else:
         proto = "SMTP"
+    if "SMTPUTF8" in s.mail_params and proto != "SMTP":
+        proto = "UTF8" + proto.removeprefix("E")   # RFC 6531 §3.7.3: UTF8SMTPSA, UTF8LMTP, ...
     ip = s.vars.remote_ip
     iptext = f"IPv6:{ip}" if ip is not None and ip.version == 6 else str(ip)
     helo = _clean(s.helo or "unknown")
