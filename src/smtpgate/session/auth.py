@@ -95,7 +95,7 @@ def auth(s: "Session", arg: str) -> Generator | None:
     mech = sasl.create(name, hostname=s.ctx.hostname,
                        channel_binding=s.tls.channel_binding if s.tls is not None else None,
                        plus_advertised=f"{name}-PLUS" in mechs and _usable(s, f"{name}-PLUS"),
-                       scram_decoy=s.params.auth_lookup.scram_decoy)
+                       scram_decoy=getattr(s.params.auth_lookup, "scram_decoy", None))
     if initial is not None and mech.server_first:
         s.reply(R.AUTH_NO_INITIAL)
         return None
