@@ -165,3 +165,16 @@ def test_scram_exchange_never_raises(name, gs2, user, nonce, ext, record, cbind,
     final = f"c={cbind},r={server_nonce if same_nonce else nonce},p={proof}{tail}"
     action = mech.respond(final.encode())
     assert isinstance(action, Failure) and action.kind in ("invalid", "malformed")
+
+
+@BOUNDED
+@given(MESSAGES)
+def test_sasl_message_parsers_raise_only_malformed(message):
+    """Each mechanism's own parser: its answer, or Malformed (the 501 detail), nothing else."""
+    from smtpgate.sasl import cram_md5, oauthbearer, plain, xoauth2
+    from smtpgate.sasl._common import Malformed
+    for parse in (plain.parse, oauthbearer.parse, xoauth2.parse, cram_md5.parse):
+        try:
+            parse(message)
+        except Malformed:
+            pass
