@@ -88,7 +88,8 @@ def test_smtp_listener(srv):
     assert c.greeting == "220 mx.test smtpgate at your service"
     ehlo = c.cmd("EHLO client.test")
     assert ehlo.split("\r\n")[0] == "250-mx.test says hello"
-    assert caps(ehlo) == ["PIPELINING", "8BITMIME", "ENHANCEDSTATUSCODES", "SIZE 26214400", "STARTTLS", "HELP"]
+    assert caps(ehlo) == ["PIPELINING", "8BITMIME", "ENHANCEDSTATUSCODES", "SMTPUTF8", "SIZE 26214400", "STARTTLS",
+                         "HELP"]
     c.close()
 
 
