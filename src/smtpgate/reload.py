@@ -13,8 +13,10 @@ next hops -- next to the running one, and swaps it in only when every part of it
    accept time, so a session gets the generation that was current when it connected and keeps it to the
    end (``ListenerContext`` carries settings and lookups). New sessions see the new mechanisms,
    limits, if-blocks and certificate at once.
-3. Certificates: every TLS handshake (implicit TLS after accept, or STARTTLS) takes the listener's
-   ``SSLContext`` current at that moment from ``server._ssl_contexts``; the swap replaces it.
+3. Certificates: STARTTLS takes the listener's ``SSLContext`` current at the handshake from
+   ``server._ssl_contexts`` (the swap replaces it); an implicit-TLS socket holds its context object, so
+   that object is updated in place (``load_cert_chain`` replaces the chain for handshakes that start
+   afterwards; OpenSSL gives each connection its own copy, so handshakes in progress are not disturbed).
 4. Listeners: added ones are bound in step 1; removed ones stop accepting (their sessions finish); a
    listener keeps the sockets of the addresses it keeps, gets new ones for added addresses, and its
    sockets for dropped addresses are closed at the swap.
@@ -169,7 +171,7 @@ async def _reload(server: Any, path: str) -> bool:
     from .lookup import registry
     loop = asyncio.get_running_loop()
     log.info("reloading configuration from %s", path)
-    built: dict[str, Any] = {"lookups": {}, "servers": {}}
+    built: dict[str, Any] = {"lookups": {}, "servers": {}, "in_place": []}
     try:
         settings = await loop.run_in_executor(None, load_file, path)
         lookups = registry.build(settings)
@@ -196,6 +198,8 @@ async def _reload(server: Any, path: str) -> bool:
         return False
 
     # -- the swap: nothing below is expected to fail ---------------------------------------------------
+    for ssl_ctx, cert, tls in built["in_place"]:
+        _update_in_place(ssl_ctx, cert, tls)
     old_settings, old_lookups, old_delivery = server.settings, server.lookups, server.delivery
     server.settings = settings
     server.lookups = lookups
@@ -246,13 +250,18 @@ async def _prepare_listeners(server: Any, settings: Any, lookups: dict, built: d
                 raise ConfigError(f"certificate.{listener.tls.certificate}", f"cannot be loaded: {exc.reason or exc}") from None
         ctx = server._context(settings, listener, lookups, ssl_ctx)
         # Sockets of addresses the listener keeps stay open (no refused connection, no lost backlog);
-        # only added addresses are bound, removed ones closed at the swap. They are plain TCP sockets,
-        # implicit TLS included: a connection handshakes with the listener's SSLContext current at
-        # accept time (server._ssl_contexts), so a new certificate needs no new socket.
+        # only added addresses are bound, removed ones closed at the swap. Switching implicit TLS on or
+        # off needs other sockets (server/tls_listener.py accepts implicit-TLS connections itself).
         current = server._servers.get(ident, [])
         reusable: dict[tuple[str, int], Any] = {}
-        if old is not None and len(current) == len(old.binds):
+        if old is not None and old.tls.implicit == listener.tls.implicit and len(current) == len(old.binds):
             reusable = dict(zip(old.binds, current))
+        if listener.tls.implicit and reusable:
+            # An implicit-TLS listening socket holds its SSLContext object: at the swap that object gets
+            # the new chain and protocol range (handshakes that start from then on use them; OpenSSL gives
+            # each connection its own copy). The fresh context built above has validated them.
+            ssl_ctx = server._ssl_contexts[ident]
+            built["in_place"].append((ssl_ctx, settings.certificates[listener.tls.certificate], listener.tls))
         servers, fresh = [], []
         built["servers"][ident] = fresh
         for bind in listener.binds:
@@ -279,6 +288,21 @@ async def _prepare_listeners(server: Any, settings: Any, lookups: dict, built: d
             raise ConfigError(f"server.listener.{ident}", f"a {old.protocol!r} listener cannot be removed by a "
                                                          "reload; restart smtpgate")
     return plan
+
+
+def _update_in_place(ctx: ssl.SSLContext, cert: Any, tls: Any) -> None:
+    """Give an existing SSLContext the certificate and protocol range of ``tls`` (already validated)."""
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        # load_cert_chain only reads files: the PEM text goes through a private temporary directory.
+        cpath, kpath = os.path.join(tmp, "cert.pem"), os.path.join(tmp, "key.pem")
+        with open(cpath, "w") as fh:
+            fh.write(cert.cert_pem)
+        with os.fdopen(os.open(kpath, os.O_WRONLY | os.O_CREAT, 0o600), "w") as fh:
+            fh.write(cert.key_pem)
+        ctx.load_cert_chain(cpath, kpath)
+    versions = sorted({"TLSv1.2": ssl.TLSVersion.TLSv1_2, "TLSv1.3": ssl.TLSVersion.TLSv1_3}[p] for p in tls.protocols)
+    ctx.minimum_version, ctx.maximum_version = versions[0], versions[-1]
 
 
 def _next_hops(server: Any, settings: Any) -> dict:
