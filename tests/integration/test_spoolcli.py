@@ -217,3 +217,25 @@ def test_contended_claims_in_two_threads(tmp_path: Path, dovecot: DovecotServer)
     assert not set(delivered[0]) & set(delivered[1])
     assert delivered[0] and delivered[1], [len(d) for d in delivered]
     assert len(maildir(dovecot, "alice@example.test", token)) == n
+
+
+def test_the_documented_format_is_what_the_spool_writes(tmp_path: Path) -> None:
+    """docs/spool-format.md is a contract: its field table lists exactly the fields the spool writes,
+    with the documented types, and the message part is exactly ``size`` bytes after the first LF."""
+    import re
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "spool-format.md").read_text()
+    table = dict(re.findall(r"^\s*\| `(\w+)` \| ([^|]+) \|", doc, re.M))
+    write_spooled(str(tmp_path / "spool"), uuid.uuid4().hex, 1, ["a@example.test", "b@example.test"])
+    (path,) = (tmp_path / "spool" / "new").iterdir()
+    assert re.fullmatch(r"\d+\.[0-9A-F]+", path.name)
+    raw = path.read_bytes()
+    header, _, message = raw.partition(b"\n")
+    env = json.loads(header)
+    assert set(env) == set(table), (sorted(env), sorted(table))
+    types = {"string": str, "array of strings": list, "number": (int, float), "integer": int, "object": dict,
+             "string or null": (str, type(None))}
+    for field, kind in table.items():
+        assert isinstance(env[field], types[kind.strip()]), (field, kind, env[field])
+    assert env["size"] == len(message) and path.name.endswith(env["queue_id"])
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
