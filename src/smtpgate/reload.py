@@ -28,8 +28,8 @@ except binding new ports below 1024 (use the systemd unit's ``AmbientCapabilitie
 instead of run-as if listeners on such ports must come and go by reload).
 
 How the CLI finds the server: ``smtpgate serve`` writes its pid to ``--pid-file`` (default
-``<data dir>/smtpgate.pid``, where ``SMTPGATE_DATA`` points under systemd); ``smtpgate reload`` reads it
-and sends SIGHUP. Under systemd, ``systemctl reload smtpgate`` sends SIGHUP to ``$MAINPID`` and waits for
+``<data dir>/smtpgate.pid``, where ``SMTPGATE_DATA`` points under systemd); ``smtpgate reload`` reads it,
+sends SIGHUP, and waits for the outcome the server writes to ``<pid file>.reload``. Under systemd, ``systemctl reload smtpgate`` sends SIGHUP to ``$MAINPID`` and waits for
 the ``RELOADING=1`` ... ``READY=1`` notifications this module sends.
 """
 from __future__ import annotations
@@ -41,6 +41,7 @@ import os
 import signal
 import ssl
 import sys
+import time
 from typing import Any
 
 from .config.errors import ConfigError
@@ -48,6 +49,7 @@ from .config.errors import ConfigError
 log = logging.getLogger("smtpgate")
 
 PID_FILE = "smtpgate.pid"
+STATUS_SUFFIX = ".reload"     # <pid file>.reload: "<ns> ok" or "<ns> error Configuration error: ..."
 _RETIRING: set[asyncio.Task] = set()
 
 
@@ -60,6 +62,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--pid-file", help="default: <data dir>/smtpgate.pid")
     p.add_argument("--data-dir", default=None, help="data directory of the server (default: $SMTPGATE_DATA)")
     p.add_argument("--config", help="validate this file before signalling")
+    p.add_argument("--wait", type=float, default=15.0, metavar="SECONDS",
+                   help="how long to wait for the server's outcome (default 15)")
     p.set_defaults(run=run)
 
 
@@ -82,13 +86,37 @@ def run(args: argparse.Namespace) -> int:
     if not _is_smtpgate(pid):
         print(f"smtpgate reload: pid {pid} from {path} is not a running smtpgate (stale pid file?)", file=sys.stderr)
         return 1
+    status_path = path + STATUS_SUFFIX
+    before = _read(status_path)
     try:
         os.kill(pid, signal.SIGHUP)
     except OSError as exc:
         print(f"smtpgate reload: cannot signal pid {pid}: {exc.strerror}", file=sys.stderr)
         return 1
-    print(f"smtpgate reload: sent SIGHUP to pid {pid}; the server logs whether the new configuration was taken")
-    return 0
+    # The server writes the outcome next to its pid file; wait for it (a reload takes milliseconds,
+    # lookups that are slow to start can make it longer).
+    deadline = time.monotonic() + args.wait
+    while time.monotonic() < deadline:
+        now = _read(status_path)
+        if now is not None and now != before:
+            _, _, outcome = now.partition(" ")
+            if outcome.startswith("ok"):
+                print(f"smtpgate reload: pid {pid} serves the new configuration")
+                return 0
+            print(outcome.removeprefix("error ").rstrip("\n"), file=sys.stderr)
+            return 1
+        time.sleep(0.05)
+    print(f"smtpgate reload: sent SIGHUP to pid {pid}; no outcome reported within {args.wait:g}s "
+          "(see the server's log)", file=sys.stderr)
+    return 0 if before is None and not os.path.exists(status_path) else 1
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return fh.read()
+    except OSError:
+        return None
 
 
 def _is_smtpgate(pid: int) -> bool:
@@ -131,8 +159,9 @@ class PidFile:
 
 
 # -- the server side ---------------------------------------------------------------------------------
-def install(server: Any, path: str) -> None:
-    """SIGHUP -> reload ``path`` into ``server`` (one reload at a time; signals during one coalesce)."""
+def install(server: Any, path: str, status_path: str | None = None) -> None:
+    """SIGHUP -> reload ``path`` into ``server`` (one reload at a time; signals during one coalesce).
+    Each outcome is written to ``status_path`` for ``smtpgate reload`` to report."""
     loop = asyncio.get_running_loop()
     state = {"task": None, "again": False}
 
@@ -145,20 +174,23 @@ def install(server: Any, path: str) -> None:
     async def _loop() -> None:
         while True:
             state["again"] = False
-            await reload(server, path)
+            await reload(server, path, status_path)
             if not state["again"]:
                 return
 
     loop.add_signal_handler(signal.SIGHUP, on_hup)
 
 
-async def reload(server: Any, path: str) -> bool:
+async def reload(server: Any, path: str, status_path: str | None = None) -> bool:
     """Load ``path`` and swap it into ``server``. True when the new configuration serves."""
     from . import sdnotify
     sdnotify.reloading()
     ok = False
     try:
-        ok = await _reload(server, path)
+        error = await _reload(server, path)
+        ok = error is None
+        if status_path:
+            _write_status(status_path, "ok" if ok else f"error {error}")
     finally:
         # READY=1 either way: systemd leaves the "reloading" state; STATUS= says how it went.
         sdnotify.ready("configuration reloaded" if ok else "reload refused (configuration error, see the log); "
@@ -166,7 +198,8 @@ async def reload(server: Any, path: str) -> bool:
     return ok
 
 
-async def _reload(server: Any, path: str) -> bool:
+async def _reload(server: Any, path: str) -> str | None:
+    """None when the new configuration serves, else the one-line reason."""
     from .config.load import load_file
     from .lookup import registry
     loop = asyncio.get_running_loop()
@@ -187,15 +220,11 @@ async def _reload(server: Any, path: str) -> bool:
             from .delivery.spool import Spool
             delivery = Spool(settings.queue_path)
             await delivery.start()
-    except ConfigError as exc:
-        log.error("%s (reload refused; the running configuration stays)", exc.line())
-        await _discard(server, built)
-        return False
     except Exception as exc:  # noqa: BLE001 - whatever it was, the old configuration keeps serving
-        log.error("Configuration error: %s: %s (reload refused; the running configuration stays)",
-                  path, _describe(exc))
+        line = exc.line() if isinstance(exc, ConfigError) else f"Configuration error: {path}: {_describe(exc)}"
+        log.error("%s (reload refused; the running configuration stays)", line)
         await _discard(server, built)
-        return False
+        return line
 
     # -- the swap: nothing below is expected to fail ---------------------------------------------------
     for ssl_ctx, cert, tls in built["in_place"]:
@@ -226,7 +255,7 @@ async def _reload(server: Any, path: str) -> bool:
     _retire_when_idle(server, old_settings, old_lookups, old_delivery)
     log.info("configuration reloaded from %s: %d listener(s); sessions in progress keep the previous settings",
              path, len(settings.listeners))
-    return True
+    return None
 
 
 async def _prepare_listeners(server: Any, settings: Any, lookups: dict, built: dict) -> dict:
@@ -360,6 +389,16 @@ async def _retire(server: Any, lookups: dict, delivery: Any) -> None:
     if delivery is not None and delivery is not server.delivery and delivery is not server._custom_delivery:
         await delivery.close()
     log.debug("previous configuration retired: its last session ended")
+
+
+def _write_status(path: str, outcome: str) -> None:
+    try:
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(f"{time.time_ns()} {outcome}\n")
+        os.replace(tmp, path)
+    except OSError as exc:   # e.g. the pid file's directory is root's and we run as server.run-as
+        log.debug("cannot write %s: %s", path, exc.strerror)
 
 
 def _describe(exc: BaseException) -> str:

@@ -30,7 +30,8 @@ class Service:
         self.pid_file = reload.PidFile(self.pid_file_path)
         privdrop.drop(self.settings.run_as, own=[self.settings.queue_path])
         if self.settings.source and os.path.isfile(self.settings.source):
-            reload.install(self.server, os.path.abspath(self.settings.source))
+            status = self.pid_file.path + reload.STATUS_SUFFIX if self.pid_file.path else None
+            reload.install(self.server, os.path.abspath(self.settings.source), status)
         sdnotify.ready(f"serving {len(self.settings.listeners)} listener(s)")
 
     def stopping(self) -> None:
@@ -38,6 +39,11 @@ class Service:
 
     def stopped(self) -> None:
         if self.pid_file is not None:
+            if self.pid_file.path:
+                try:
+                    os.unlink(self.pid_file.path + reload.STATUS_SUFFIX)
+                except OSError:
+                    pass
             self.pid_file.remove()
         log.info("smtpgate stopped (pid %d, up %s)", os.getpid(), _uptime(time.monotonic() - self.started_at))
 

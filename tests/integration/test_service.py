@@ -159,9 +159,13 @@ def test_serve_notifies_systemd_reloads_by_pid_file_and_logs_stop(tmp_path: Path
                            capture_output=True, text=True, timeout=30)
         assert r.returncode == 1 and r.stderr.count("\n") == 1, r.stderr
         assert r.stderr.startswith("Configuration error: session.auth.mechanisms: unknown SASL mechanism")
-        # ... and a SIGHUP with it anyway logs one line and keeps serving the old configuration.
+        # ... and reloading it anyway (SIGHUP) logs one line, keeps serving the old configuration, and
+        # `smtpgate reload` reports the server's outcome: that line, exit status 1.
         notify.seen.clear()
-        os.kill(proc.pid, signal.SIGHUP)
+        r = subprocess.run([SMTPGATE, "reload", "--pid-file", str(pid_file)], capture_output=True, text=True,
+                           timeout=30)
+        assert r.returncode == 1, (r.stdout, r.stderr)
+        assert r.stderr.startswith("Configuration error: session.auth.mechanisms"), r.stderr
         notify.wait_for("READY=1")
         assert any("RELOADING=1" in n for n in notify.seen)
         assert "AUTH PLAIN LOGIN" in ehlo(port)
@@ -185,6 +189,7 @@ def test_serve_notifies_systemd_reloads_by_pid_file_and_logs_stop(tmp_path: Path
         r = subprocess.run([SMTPGATE, "reload", "--pid-file", str(pid_file)], capture_output=True, text=True,
                            timeout=30)
         assert r.returncode == 0, r.stderr
+        assert f"pid {proc.pid} serves the new configuration" in r.stdout
         notify.wait_for("READY=1")
         assert "AUTH LOGIN" in ehlo(port) and "PLAIN" not in ehlo(port)
 
@@ -200,7 +205,7 @@ def test_serve_notifies_systemd_reloads_by_pid_file_and_logs_stop(tmp_path: Path
     log.seek(0)
     out = log.read()
     assert out.rstrip().splitlines()[-1].split("smtpgate: ", 1)[-1].startswith("smtpgate stopped"), out
-    assert not pid_file.exists()
+    assert not pid_file.exists() and not Path(str(pid_file) + ".reload").exists()
     assert "Traceback" not in out
 
 
