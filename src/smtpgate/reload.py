@@ -56,9 +56,10 @@ _RETIRING: set[asyncio.Task] = set()
 # -- the CLI side --------------------------------------------------------------------------------------
 def add_parser(sub: Any) -> None:
     p = sub.add_parser("reload", help="make a running server re-read its configuration (SIGHUP)",
-                       description="Send SIGHUP to the running server found through its pid file. With "
-                                   "--config the file is validated first and nothing is sent if it is "
-                                   "invalid. The server logs the outcome of the reload.")
+                       description="Send SIGHUP to the running server found through its pid file and "
+                                   "report whether it took the new configuration (exit 0) or not (its "
+                                   "Configuration error line, exit 1). With --config the file is validated "
+                                   "first and nothing is sent if it is invalid.")
     p.add_argument("--pid-file", help="default: <data dir>/smtpgate.pid")
     p.add_argument("--data-dir", default=None, help="data directory of the server (default: $SMTPGATE_DATA)")
     p.add_argument("--config", help="validate this file before signalling")
