@@ -38,9 +38,13 @@ private-key = "file://{data}/tls/key.pem"
 type = "internal"
 store = "sqlite://{data}/users.db"
 
+# Submission: AUTH only once the session is encrypted (STARTTLS on 5870, implicit TLS on 4650), as
+# Stalwart's own default does; before that, EHLO offers STARTTLS and no AUTH at all. SCRAM does not reveal
+# the password, but the login name and the whole message would still cross the network in clear.
 [session.auth]
-mechanisms = [ {{ if = "listener", ne = "smtp", then = ["plain", "login", "scram-sha-256", "scram-sha-1"] }},
-               {{ else = [] }} ]
+mechanisms = [ {{ if = "listener", eq = "smtp", then = [] }},
+               {{ if = "tls", eq = false, then = [] }},
+               {{ else = ["plain", "login", "scram-sha-256", "scram-sha-1"] }} ]
 lookup = [ {{ if = "listener", ne = "smtp", then = "directory/users" }},
            {{ else = false }} ]
 require = [ {{ if = "listener", ne = "smtp", then = true }},
@@ -54,11 +58,18 @@ wait = "5s"
 domains = "list/domains"
 
 [list]
-domains = ["localhost", "{hostname}"]
+domains = {domains}
 
 [queue]
 path = "{data}/spool"
 """
+
+
+def render(data: str, hostname: str = "localhost") -> str:
+    """The configuration text for a data directory (absolute) and host name."""
+    domains = list(dict.fromkeys(["localhost", hostname.lower()]))  # no duplicate when hostname is localhost
+    return TEMPLATE.format(data=data, hostname=hostname,
+                           domains="[" + ", ".join(f'"{d}"' for d in domains) + "]")
 
 
 def ensure(data_dir: str, hostname: str = "localhost") -> str:
@@ -71,7 +82,7 @@ def ensure(data_dir: str, hostname: str = "localhost") -> str:
     path = os.path.join(data, "smtpgate.toml")
     if not os.path.exists(path):
         with open(path, "w") as fh:
-            fh.write(TEMPLATE.format(data=data, hostname=hostname))
+            fh.write(render(data, hostname))
     return path
 
 
