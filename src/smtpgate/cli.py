@@ -162,7 +162,7 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"smtpgate: cannot start: {exc}", file=sys.stderr)
         return 1
     handler = _setup_logging(args.log_level.upper())
-    handler.hold()  # startup progress is written once the server is up (or dropped if it is not)
+    handler.pause()  # startup progress is written once the server is up (or dropped if it is not)
     try:
         import uvloop  # optional: a faster event loop when installed
         runner = uvloop.run
@@ -171,11 +171,11 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         return runner(_run(settings, handler))
     except ConfigError:
-        handler.release(drop_below=logging.WARNING)
+        handler.resume(drop_below=logging.WARNING)
         handler.close()
         raise
     except Exception as exc:  # noqa: BLE001 - one line, never a traceback
-        handler.release(drop_below=logging.WARNING)
+        handler.resume(drop_below=logging.WARNING)
         handler.close()
         print(f"smtpgate: cannot start: {_startup_reason(settings, exc)}", file=sys.stderr)
         return 1
@@ -208,7 +208,7 @@ async def _run(settings: Any, handler: Any) -> int:
         loop.add_signal_handler(sig, stop.set)
     log = logging.getLogger("smtpgate")
     log.info("smtpgate ready: %s (configuration %s)", ready_listeners(server), settings.source)
-    handler.release()
+    handler.resume()
     await stop.wait()
     log.info("stopping: no new connections, %d sessions finishing", server.connection_count)
     await server.stop()

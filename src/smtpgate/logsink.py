@@ -7,8 +7,8 @@ thread wakes every ``interval`` seconds, formats what accumulated and writes it 
 writer falls ``max_pending`` records behind (stderr stuck), further records are counted and dropped, and
 the count is reported once the writer catches up -- the server keeps serving either way.
 
-While the server starts, ``hold()`` keeps records back; ``release()`` writes them once it is up, or,
-after a failed start, ``release(drop_below=logging.WARNING)`` throws away the progress lines so that the
+While the server starts, ``pause()`` keeps records back; ``resume()`` writes them once it is up, or,
+after a failed start, ``resume(drop_below=logging.WARNING)`` throws away the progress lines so that the
 reason it failed is the one line the operator reads. The writer is a daemon thread: it never keeps a
 process alive that has nothing else to do.
 """
@@ -68,11 +68,11 @@ class BatchingHandler(logging.Handler):
             self._drain()
         self._drain()
 
-    def hold(self) -> None:
-        """Keep records back (still bounded by ``max_pending``) until :meth:`release`."""
+    def pause(self) -> None:
+        """Keep records back (still bounded by ``max_pending``) until :meth:`resume`."""
         self._held = True
 
-    def release(self, drop_below: int | None = None) -> None:
+    def resume(self, drop_below: int | None = None) -> None:
         """Write what was held, without the records below level ``drop_below`` if it is given."""
         if drop_below is not None:
             self._pending = [r for r in self._pending if r.levelno >= drop_below]
