@@ -98,3 +98,35 @@ def test_generated_file_is_clean(tmp_path):
 def test_generated_file_with_another_hostname(tmp_path):
     text = defaults.render(str(tmp_path), hostname="Mail.Example.org")
     assert tomllib.loads(text)["list"]["domains"] == ["localhost", "mail.example.org"]
+
+
+#: What smtpgate 0.1.0 wrote on first run (the insecure submission default of issue 9 item 12).
+OLD_GENERATED_PART = '''[session.auth]
+mechanisms = [ { if = "listener", ne = "smtp", then = ["plain", "login", "scram-sha-256", "scram-sha-1"] },
+               { else = [] } ]
+'''
+
+
+def test_a_data_dir_from_the_old_version_is_fixed(tmp_path, capsys):
+    data = tmp_path / "data"
+    path = Path(defaults.ensure(str(data)))
+    new = path.read_text()
+    new_part = new[new.index("[session.auth]\n"):new.index("lookup = ")]
+    old = new.replace(new_part, OLD_GENERATED_PART).replace('domains = ["localhost"]',
+                                                            'domains = ["localhost", "localhost"]')
+    path.write_text(old)
+    capsys.readouterr()
+    defaults.ensure(str(data))
+    assert path.read_text() == new
+    assert capsys.readouterr().err == f"smtpgate: updated {path}: no AUTH offered before TLS on submission\n"
+    defaults.ensure(str(data))                                       # once only
+    assert capsys.readouterr().err == ""
+
+
+def test_an_edited_default_is_left_alone(tmp_path):
+    data = tmp_path / "data"
+    path = Path(defaults.ensure(str(data)))
+    edited = "# mine\n" + path.read_text().replace('domains = ["localhost"]', 'domains = ["localhost", "localhost"]')
+    path.write_text(edited)
+    defaults.ensure(str(data))
+    assert path.read_text() == edited
