@@ -24,7 +24,9 @@ def ci(tmp_path):
                                            'exec .venv/bin/python -m pytest -q -p no:randomly "$@"\n')
     (tree / "scripts" / "test").chmod(0o755)
     (tree / ".venv" / "bin").mkdir(parents=True)
-    os.symlink(sys.executable, tree / ".venv" / "bin" / "python")
+    # a wrapper, not a symlink: a symlinked venv interpreter would lose its venv (and pytest)
+    (tree / ".venv" / "bin" / "python").write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    (tree / ".venv" / "bin" / "python").chmod(0o755)
     (tree / "tests").mkdir()
     (tree / "tests" / "test_some.py").write_text(
         "import pytest\n"
