@@ -131,11 +131,20 @@ def describe_os_error(settings: Settings, exc: OSError) -> str:
     return text if text else reason
 
 
+def store_url(directory) -> str | None:  # noqa: ANN001
+    """The ``store`` address of an internal ``[directory.<id>]`` (None for other types)."""
+    if directory.type != "internal":
+        return None
+    options = directory.options
+    store = options.get("store") if isinstance(options, dict) else getattr(options, "store", None)
+    return None if store is None else str(store)
+
+
 def _written_paths(settings: Settings) -> Iterator[tuple[str, str]]:
     yield "queue.path", settings.queue_path
     for ident, directory in settings.directories.items():
-        store = str(directory.options.get("store", ""))
-        if directory.type == "internal" and store.startswith("sqlite://"):
+        store = store_url(directory) or ""
+        if store.startswith("sqlite://"):
             path = store[len("sqlite://"):].split("?", 1)[0]
             if path and path != ":memory:":
                 yield f"directory.{ident}.store", path

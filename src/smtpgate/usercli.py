@@ -85,7 +85,8 @@ def main(args: argparse.Namespace) -> int:
         which = f"[directory.{args.directory}]" if args.directory else "[directory.<id>]"
         print(f"smtpgate user: no {which} with type = \"internal\" in {settings.source}", file=sys.stderr)
         return 1
-    return run(args, stores[0].options["store"])
+    from .startup import store_url as url_of
+    return run(args, url_of(stores[0]) or "")
 
 
 def _read_password(args: argparse.Namespace) -> str:
