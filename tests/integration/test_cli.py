@@ -515,6 +515,31 @@ def test_grace_time_is_bounded(tmp_path):
             proc.wait()
 
 
+def test_implicit_tls_under_serve(tmp_path, test_pki):
+    """`smtpgate serve` runs on uvloop when it is installed (scripts/serve installs it), which starts
+    reading a new connection even if it was paused in connection_made: a ClientHello sent at once must
+    still reach the TLS layer (it used to be swallowed and every handshake timed out)."""
+    import ssl
+    pytest.importorskip("uvloop")
+    port = free_port()
+    path = tmp_path / "tls.toml"
+    path.write_text(f'[server.listener.submissions]\nbind = "127.0.0.1:{port}"\ntls.implicit = true\n'
+                    f'[certificate.main]\ncert = "file://{test_pki.cert}"\nprivate-key = "file://{test_pki.key}"\n'
+                    f'[queue]\npath = "spool"\n')
+    proc = _serve(path)
+    try:
+        _wait_port(port, proc)
+        ctx = ssl.create_default_context(cafile=str(test_pki.ca_cert))
+        for _ in range(5):
+            c = Raw(port, tls=ctx, timeout=10)
+            assert c.greeting.startswith("220 ")
+            assert c.cmd("EHLO client.test").startswith("250-")
+            c.close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=10)
+
+
 # --- the embedded default ------------------------------------------------------------------------
 DEFAULT_PORTS = (2525, 5870, 4650)
 

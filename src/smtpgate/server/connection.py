@@ -43,7 +43,7 @@ _NO_ANSWER = object()
 
 class SmtpConnection(asyncio.Protocol):
     __slots__ = ("server", "ctx", "transport", "session", "pending", "write_paused", "closed", "reading_paused",
-                 "early")
+                 "early", "raw_early")
 
     def __init__(self, server: "Server", ctx: ListenerContext):
         self.server = server
@@ -55,6 +55,9 @@ class SmtpConnection(asyncio.Protocol):
         self.reading_paused = False
         self.closed = False
         self.early: list[bytes] | None = None   # decrypted input that came before the session (implicit TLS)
+        # TLS bytes that came before start_tls took the transport over: uvloop starts reading right after
+        # connection_made even if it paused reading, so a ClientHello can land here (implicit TLS)
+        self.raw_early: list[bytes] | None = None
 
     # -- asyncio callbacks ---------------------------------------------------------------------------
     def connection_made(self, transport: Any) -> None:
@@ -74,6 +77,7 @@ class SmtpConnection(asyncio.Protocol):
         if implicit:
             # Until the handshake is done only the TLS layer may read the socket.
             transport.pause_reading()
+            self.raw_early = []
             self.pending = asyncio.get_running_loop().create_task(self._implicit_tls())
             return
         self._start_session(None)
@@ -104,6 +108,10 @@ class SmtpConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         s = self.session
         if self.closed:
+            return
+        if s is None and self.raw_early is not None:
+            self.raw_early.append(data)          # handed to the TLS layer in _handshake
+            self.transport.pause_reading()
             return
         if s is None:
             # A client may write right after its handshake, before _implicit_tls has resumed.
@@ -255,9 +263,17 @@ class SmtpConnection(asyncio.Protocol):
         if ctxt is None:
             return None
         loop = asyncio.get_running_loop()
+        raw, self.raw_early = self.raw_early, None
         try:
-            transport = await loop.start_tls(self.transport, self, ctxt, server_side=True,
-                                             ssl_handshake_timeout=self.ctx.listener.tls.timeout)
+            if not raw:
+                transport = await loop.start_tls(self.transport, self, ctxt, server_side=True,
+                                                 ssl_handshake_timeout=self.ctx.listener.tls.timeout)
+            else:
+                handshake = loop.create_task(loop.start_tls(self.transport, self, ctxt, server_side=True,
+                                                            ssl_handshake_timeout=self.ctx.listener.tls.timeout))
+                await asyncio.sleep(0)   # start_tls has swapped in its TLS protocol and scheduled its start;
+                loop.call_soon(_feed, self.transport.get_protocol(), b"".join(raw))   # the bytes follow it
+                transport = await handshake
         except (OSError, asyncio.TimeoutError, ConnectionError, Exception) as exc:  # noqa: BLE001
             peer = (self.transport.get_extra_info("peername") or ("?",))[0]
             log.info("TLS handshake failed from %s: %s", peer, type(exc).__name__)
@@ -344,3 +360,14 @@ def _answer_now(req: Any) -> Any:
 def _bound(lookup: Any) -> float:
     # Each lookup bounds its own operations; this outer bound only guards against one that forgets.
     return float(getattr(lookup, "timeout", 30.0)) + 5.0
+
+
+def _feed(protocol: Any, data: bytes) -> None:
+    """Hand ``data`` to a buffered protocol (asyncio's and uvloop's TLS layers) as if it had been read."""
+    view = memoryview(data)
+    while view:
+        buf = protocol.get_buffer(len(view))
+        n = min(len(buf), len(view))
+        buf[:n] = view[:n]
+        protocol.buffer_updated(n)
+        view = view[n:]
