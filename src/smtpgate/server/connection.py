@@ -43,7 +43,7 @@ _NO_ANSWER = object()
 
 class SmtpConnection(asyncio.Protocol):
     __slots__ = ("server", "ctx", "transport", "session", "pending", "write_paused", "closed", "reading_paused",
-                 "early", "raw_early")
+                 "registered")
 
     def __init__(self, server: "Server", ctx: ListenerContext):
         self.server = server
@@ -54,39 +54,24 @@ class SmtpConnection(asyncio.Protocol):
         self.write_paused = False
         self.reading_paused = False
         self.closed = False
-        self.early: list[bytes] | None = None   # decrypted input that came before the session (implicit TLS)
-        # TLS bytes that came before start_tls took the transport over: uvloop starts reading right after
-        # connection_made even if it paused reading, so a ClientHello can land here (implicit TLS)
-        self.raw_early: list[bytes] | None = None
+        self.registered = False                 # counted in the server's connections
 
     # -- asyncio callbacks ---------------------------------------------------------------------------
     def connection_made(self, transport: Any) -> None:
-        """At accept, before any TLS: the connection counts toward max-connections from here, so clients
-        that never finish (or never start) a handshake cannot open connections without bound."""
+        """Plain listeners: at accept. Implicit TLS: after the handshake (the connection was counted at
+        accept by server/tls_listener.py)."""
         self.transport = transport
-        implicit = self.ctx.listener.tls.implicit
-        if not self.server._register(self):
-            self.closed = True
-            if implicit:
-                transport.abort()          # no cleartext reply on a TLS port; the cheapest refusal
-            else:
+        if not self.registered:
+            if not self.server._register(self):
+                self.closed = True
                 transport.write(R.TOO_MANY_CONNECTIONS)
                 transport.close()
-            return
+                return
+            self.registered = True
+        self.pending = None                     # the handshake (implicit TLS) is over
         transport.set_write_buffer_limits(high=OUTPUT_HIGH_WATER)
-        if implicit:
-            # Until the handshake is done only the TLS layer may read the socket.
-            transport.pause_reading()
-            self.raw_early = []
-            self.pending = asyncio.get_running_loop().create_task(self._implicit_tls())
-            return
-        self._start_session(None)
-
-    async def _implicit_tls(self) -> None:
-        info = await self._handshake()
-        self.pending = None
-        if info is not None and not self.closed:
-            self._start_session(info)
+        info = tls_info(transport.get_extra_info("ssl_object")) if self.ctx.listener.tls.implicit else None
+        self._start_session(info)
 
     def _start_session(self, info: Any) -> None:
         transport = self.transport
@@ -101,23 +86,10 @@ class SmtpConnection(asyncio.Protocol):
             self._close()
             return
         transport.write(self.session.greeting)
-        early, self.early = self.early, None
-        if early:
-            self.data_received(b"".join(early))
 
     def data_received(self, data: bytes) -> None:
         s = self.session
-        if self.closed:
-            return
-        if s is None and self.raw_early is not None:
-            self.raw_early.append(data)          # handed to the TLS layer in _handshake
-            self.transport.pause_reading()
-            return
-        if s is None:
-            # A client may write right after its handshake, before _implicit_tls has resumed.
-            if self.early is None:
-                self.early = []
-            self.early.append(data)
+        if self.closed or s is None:
             return
         if not s.receive_data(data, self.server.clock.now()):
             self._abort()
@@ -257,26 +229,18 @@ class SmtpConnection(asyncio.Protocol):
         raise TypeError(f"unknown request {req!r}")
 
     async def _handshake(self) -> Any:
-        """The server side of a TLS handshake on this connection (implicit TLS or STARTTLS), bounded by
-        the listener's ``tls.timeout``. TlsInfo, or None after closing the connection."""
+        """The server side of STARTTLS on this connection, bounded by the listener's ``tls.timeout``.
+        TlsInfo, or None after closing the connection."""
         ctxt = self.server._ssl_contexts.get(self.ctx.listener.id)
         if ctxt is None:
             return None
         loop = asyncio.get_running_loop()
-        raw, self.raw_early = self.raw_early, None
         try:
-            if not raw:
-                transport = await loop.start_tls(self.transport, self, ctxt, server_side=True,
-                                                 ssl_handshake_timeout=self.ctx.listener.tls.timeout)
-            else:
-                handshake = loop.create_task(loop.start_tls(self.transport, self, ctxt, server_side=True,
-                                                            ssl_handshake_timeout=self.ctx.listener.tls.timeout))
-                await asyncio.sleep(0)   # start_tls has swapped in its TLS protocol and scheduled its start;
-                loop.call_soon(_feed, self.transport.get_protocol(), b"".join(raw))   # the bytes follow it
-                transport = await handshake
+            transport = await loop.start_tls(self.transport, self, ctxt, server_side=True,
+                                             ssl_handshake_timeout=self.ctx.listener.tls.timeout)
         except (OSError, asyncio.TimeoutError, ConnectionError, Exception) as exc:  # noqa: BLE001
             peer = (self.transport.get_extra_info("peername") or ("?",))[0]
-            log.info("TLS handshake failed from %s: %s", peer, type(exc).__name__)
+            log.info("STARTTLS handshake failed from %s: %s", peer, type(exc).__name__)
             self.closed = True
             try:
                 self.transport.abort()
@@ -329,7 +293,8 @@ class SmtpConnection(asyncio.Protocol):
         if self.session is None:           # still in its TLS handshake: nothing to say in cleartext
             if self.pending is not None:
                 self.pending.cancel()
-            self.transport.abort()
+            if self.transport is not None:
+                self.transport.abort()
             self.closed = True
             self.server._unregister(self)
             return
@@ -360,14 +325,3 @@ def _answer_now(req: Any) -> Any:
 def _bound(lookup: Any) -> float:
     # Each lookup bounds its own operations; this outer bound only guards against one that forgets.
     return float(getattr(lookup, "timeout", 30.0)) + 5.0
-
-
-def _feed(protocol: Any, data: bytes) -> None:
-    """Hand ``data`` to a buffered protocol (asyncio's and uvloop's TLS layers) as if it had been read."""
-    view = memoryview(data)
-    while view:
-        buf = protocol.get_buffer(len(view))
-        n = min(len(buf), len(view))
-        buf[:n] = view[:n]
-        protocol.buffer_updated(n)
-        view = view[n:]
