@@ -178,7 +178,17 @@ def _serve(args: argparse.Namespace) -> int:
         handler.resume(drop_below=logging.WARNING)
         handler.close()
         print(f"smtpgate: cannot start: {_startup_reason(settings, exc)}", file=sys.stderr)
+        _exit_if_threads_linger(1)
         return 1
+
+
+def _exit_if_threads_linger(status: int) -> None:
+    """After a failed start nothing is worth waiting for: if a worker thread that was started (a store's,
+    a pool's) did not end with the cleanup, leave now instead of hanging in interpreter shutdown."""
+    import threading
+    if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
+        sys.stderr.flush()
+        os._exit(status)
 
 
 def _startup_reason(settings: Any, exc: BaseException) -> str:
@@ -198,7 +208,7 @@ async def _run(settings: Any, handler: Any) -> int:
     except BaseException:
         # Close what did start (the SQLite store's worker thread would keep the process alive).
         try:
-            await server.stop(grace=0)
+            await asyncio.wait_for(server.stop(grace=0), 2.0)
         except Exception:  # noqa: BLE001 - the start failure is what gets reported
             pass
         raise

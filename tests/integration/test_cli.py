@@ -274,6 +274,37 @@ def test_serve_bind_race_still_exits(tmp_path):
                            f"127.0.0.1:{port}: Address already in use\n")
 
 
+def test_serve_exits_even_if_cleanup_hangs(tmp_path):
+    """Belt and braces: a failed start whose cleanup hangs (here: stop() never returns, so the user store's
+    worker thread stays) still exits -- after the 2 s bound on cleanup, not never."""
+    script = textwrap.dedent("""
+        import asyncio, socket, sys
+        from smtpgate import startup, cli
+        from smtpgate.server import Server
+        async def stuck(self, grace=None):
+            await asyncio.sleep(3600)
+        Server.stop = stuck
+        startup.check_binds = lambda settings: None
+        busy = socket.socket(); busy.bind(("127.0.0.1", int(sys.argv[2]))); busy.listen()
+        sys.exit(cli.main(["serve", "--config", sys.argv[1]]))
+    """)
+    port = free_port()
+    path = tmp_path / "stuck.toml"
+    path.write_text(WITH_STORE.format(free=free_port(), bind=f"127.0.0.1:{port}", queue="spool"))
+    proc = subprocess.Popen([PYTHON, "-c", script, str(path), str(port)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    try:
+        line = proc.stderr.readline()
+        said = time.monotonic()
+        status = proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert line.startswith("smtpgate: cannot start: server.listener.submission.bind:")
+    assert status == 1 and time.monotonic() - said < 1.0
+
+
 def test_serve_unwritable_queue_path(tmp_path):
     (tmp_path / "afile").write_text("not a directory\n")
     path = tmp_path / "queue.toml"
