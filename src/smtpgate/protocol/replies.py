@@ -66,7 +66,6 @@ AUTH_NO_INITIAL = reply(501, "5.7.0 Initial response not allowed for this mechan
 AUTH_TEMPFAIL = reply(454, "4.7.0 Temporary authentication failure.")
 AUTH_TOO_MANY = reply(421, "4.3.0 Too many authentication errors, disconnecting.")
 AUTH_REQUIRED = reply(530, "5.7.0 Authentication required.")
-STARTTLS_FIRST = reply(530, "5.7.0 Must issue a STARTTLS command first")   # RFC 3207 section 4
 
 # --- MAIL / RCPT (SPEC §6) ---------------------------------------------------------------------
 MAIL_OK = reply(250, "2.1.0 Sender OK")

@@ -512,9 +512,6 @@ class Session:
 
     def _refusal(self, command: Command, arg: str) -> bytes | None:
         if command.requires_auth and self.params.auth_require and self.auth_account is None:
-            # AUTH offered only after STARTTLS (RFC 3207 section 4): name the step the client is missing
-            if self.tls is None and self.ctx.starttls_available and not auth.advertised(self):
-                return R.STARTTLS_FIRST
             return R.AUTH_REQUIRED
         if command.requires_hello and self.helo is None and (self.params.ehlo_require or self.ctx.lmtp):
             return R.BAD_SEQUENCE_EHLO
