@@ -33,7 +33,6 @@ import sys
 from typing import Any
 
 from .config.errors import ConfigError
-from .config.load import load_file
 from .config.model import Settings
 from .delivery.base import Envelope, RcptResult
 
@@ -54,10 +53,12 @@ def add_parser(sub: Any) -> None:
     deliver.add_argument("--to", required=True, metavar="remote/<id>",
                          help="a [remote.<id>] with protocol lmtp or smtp")
     deliver.add_argument("ids", nargs="*", help="only these messages (default: all)")
-    for p in (spool, ls, show, deliver):
-        p.add_argument("--config", default=argparse.SUPPRESS)
-        p.add_argument("--data-dir", default=argparse.SUPPRESS, help="data directory of the embedded default")
-        p.set_defaults(run=run)
+    from . import cli
+    # the options locating the configuration, before or after the verb (`spool list --config F`)
+    cli.add_config_options(spool)
+    for p in (ls, show, deliver):
+        cli.add_config_options(p, suppress_defaults=True)
+    spool.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -75,11 +76,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    if getattr(args, "config", None):
-        return load_file(args.config)
-    from . import defaults
-    data_dir = getattr(args, "data_dir", None) or os.environ.get("SMTPGATE_DATA", defaults.DEFAULT_DATA_DIR)
-    return load_file(defaults.ensure(data_dir))
+    from . import cli
+    return cli.load_settings(args)
 
 
 class SpoolDir:
