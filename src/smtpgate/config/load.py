@@ -21,6 +21,7 @@ from .errors import ConfigError
 from .ifblock import MAIL, Scope, compile_setting
 from .model import (CacheSettings, CertificateSettings, DatabaseSettings, DirectorySettings, Expr, ListenerSettings,
                     ListenerTls, ListSettings, RemoteSettings, SessionSettings, Settings, TlsClientSettings)
+from .proxy import listener_proxy
 from .schema import (DIRECTORY_OPTIONS, DIRECTORY_PREFIXES, DIRECTORY_REQUIRED, SESSION_KEYS, SESSION_SETTINGS,
                      TLS_PROTOCOLS, lookup_ref)
 
@@ -186,6 +187,7 @@ class _Builder:
 
     def listeners(self, default_tls: ListenerTls, certificates) -> dict[str, ListenerSettings]:
         out = {}
+        default_proxy = listener_proxy(self, "server", None)
         for ident in self.ids("server.listener"):
             base = f"server.listener.{ident}"
             binds = self.required(f"{base}.bind", values.binds, "missing (e.g. \"127.0.0.1:587\")")
@@ -203,7 +205,8 @@ class _Builder:
             max_conn = values.positive_int(f"{base}.max-connections", self.take(f"{base}.max-connections", 8192))
             hostname = self.optional(f"{base}.hostname", values.nonempty_string, None)
             greeting = self.optional(f"{base}.greeting", values.string, None)
-            out[ident] = ListenerSettings(ident, binds, protocol, tls, hostname, greeting, max_conn)
+            out[ident] = ListenerSettings(ident, binds, protocol, tls, hostname, greeting, max_conn,
+                                          proxy=listener_proxy(self, base, default_proxy))
         if not out:
             raise ConfigError("server.listener", "no listener defined")
         seen: dict[tuple[str, int], str] = {}
@@ -440,6 +443,7 @@ def _members(entries: list[str]) -> frozenset[str]:
 
 #: Sections that may appear as empty tables; "*" stands for an id.
 _KNOWN_TABLES = ("server", "server.tls", "server.listener", "server.listener.*", "server.listener.*.tls",
+                 "server.proxy", "server.listener.*.proxy",
                  "certificate", "list", "database", "database.*.lookup", "database.*.cache", "database.*.cache.ttl",
                  "remote", "remote.*.tls", "remote.*.cache", "remote.*.cache.ttl", "directory", "directory.*.*",
                  "directory.*.cache.ttl", "queue", "queue.outbound")

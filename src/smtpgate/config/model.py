@@ -119,6 +119,7 @@ class ListenerSettings:         # [server.listener."<id>"]
     hostname: str | None = None # .hostname (overrides server.hostname)
     greeting: str | None = None # .greeting
     max_connections: int = 8192 # .max-connections
+    proxy: Any = None           # .proxy.trusted-networks -> config.proxy.ProxySettings (None: no PROXY)
 
 
 class SessionSettings:

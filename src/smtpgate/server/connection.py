@@ -55,12 +55,13 @@ class SmtpConnection(asyncio.Protocol):
         self.eof = False
 
     # -- asyncio callbacks ---------------------------------------------------------------------------
-    def connection_made(self, transport: Any) -> None:
+    def connection_made(self, transport: Any, peer: Any = None, sock: Any = None) -> None:
+        # peer/sock: the client and destination a PROXY header named (server/proxy.py), else the socket's
         self.transport = transport
         self.started = self.last_active = time.monotonic()
-        peer = transport.get_extra_info("peername") or ("", 0)
+        peer = peer or transport.get_extra_info("peername") or ("", 0)
         # A listener bound to one address knows its local end without a getsockname() per connection.
-        sock = self.ctx.local_addr or transport.get_extra_info("sockname") or ("", 0)
+        sock = sock or self.ctx.local_addr or transport.get_extra_info("sockname") or ("", 0)
         info = tls_info(transport.get_extra_info("ssl_object")) if self.ctx.listener.tls.implicit else None
         if not self.server._register(self):
             transport.write(R.TOO_MANY_CONNECTIONS)
