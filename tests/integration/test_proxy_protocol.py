@@ -158,7 +158,7 @@ def test_header_in_pieces_and_v2_local(tmp_path: Path) -> None:
 
 
 def test_trusted_peer_without_valid_header_is_closed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import smtpgate.server.proxy as proxy_mod
+    import smtpgate.config.proxy as proxy_mod
     monkeypatch.setattr(proxy_mod, "HEADER_TIMEOUT", 0.5)
     with run_server(CONFIG, tmp_path) as srv:
         port = srv.port("smtp")

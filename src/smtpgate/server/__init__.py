@@ -73,13 +73,17 @@ class Server:
                 self._ssl_contexts[ident] = ssl_ctx
             ctx = ListenerContext(s, listener, self.lookups, starttls_available=ssl_ctx is not None)
             servers = []
-            factory, implicit_ssl = self._factory(ctx, ssl_ctx if listener.tls.implicit else None)
             for host, port in listener.binds:
                 family = socket.AF_INET6 if ":" in host else socket.AF_INET
-                srv = await loop.create_server(
-                    factory, host, port, family=family, ssl=implicit_ssl,
-                    ssl_handshake_timeout=listener.tls.timeout if implicit_ssl else None,
-                    reuse_address=True, backlog=1024)
+                if listener.proxy is not None:      # PROXY header first, then TLS: server/proxy.py
+                    from .proxy import ProxyServer
+                    srv = await ProxyServer.create(self, ctx, host, port, ssl_ctx if listener.tls.implicit else None)
+                else:
+                    srv = await loop.create_server(
+                        lambda ctx=ctx: SmtpConnection(self, ctx), host, port, family=family,
+                        ssl=ssl_ctx if listener.tls.implicit else None,
+                        ssl_handshake_timeout=listener.tls.timeout if listener.tls.implicit else None,
+                        reuse_address=True, backlog=1024)
                 servers.append(srv)
                 for sock in srv.sockets:
                     log.info("listener %s on %s (%s%s)", ident, _fmt(sock.getsockname()), listener.protocol,
@@ -142,15 +146,6 @@ class Server:
     @property
     def connection_count(self) -> int:
         return len(self._connections)
-
-    def _factory(self, ctx: ListenerContext, implicit_ssl: ssl.SSLContext | None) -> tuple[Any, Any]:
-        """The protocol factory of a listener, and the SSL context the listening socket itself uses.
-        A PROXY listener starts TLS itself, after the header (server/proxy.py)."""
-        if ctx.listener.proxy is None:
-            return (lambda: SmtpConnection(self, ctx)), implicit_ssl
-        from .proxy import ProxyAccept
-        trusts, timeout = ctx.listener.proxy.trusts, ctx.listener.tls.timeout
-        return (lambda: ProxyAccept(lambda: SmtpConnection(self, ctx), trusts, implicit_ssl, timeout)), None
 
     # -- used by connections -------------------------------------------------------------------------
     def _register(self, conn: SmtpConnection) -> bool:

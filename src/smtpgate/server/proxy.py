@@ -1,139 +1,184 @@
 """The PROXY protocol at accept time, before a session exists (and before TLS on implicit-TLS listeners).
 
-A listener with ``proxy.trusted-networks`` gets a :class:`ProxyAccept` as the first protocol of each
-connection. It decides, from the peer address alone:
+A listener with ``proxy.trusted-networks`` is served by a :class:`ProxyServer` instead of
+``loop.create_server``. For each accepted socket it decides, from the peer address alone:
 
-* peer outside the trusted networks: an ordinary client. The connection goes straight to the SMTP
-  transport (after the TLS handshake on an implicit-TLS listener); a PROXY header it sends is a bad
-  command like any other, never believed.
-* trusted peer (the load balancer): the connection must start with a valid v1 or v2 header within
-  ``HEADER_TIMEOUT``; otherwise it is closed without a word (whatever we would say would go to the proxy's
-  client, who did nothing wrong, and a proxy that does not send headers is misconfigured). The header's
-  addresses become the session's remote and local address; then TLS (implicit listeners) and SMTP start.
+* peer outside the trusted networks: an ordinary client. The socket goes straight to the SMTP transport
+  (through the TLS handshake on an implicit-TLS listener); a PROXY header it sends is a bad command like
+  any other, never believed.
+* trusted peer (the load balancer): the socket must start with a valid v1 or v2 header within
+  ``HEADER_TIMEOUT``; otherwise it is closed without a word (whatever we said would reach the proxy's
+  client, who did nothing wrong; a proxy that sends no header is misconfigured). The header's addresses
+  become the session's remote and local address; then TLS (implicit listeners) and SMTP start.
 
-Why the header is read from a duplicate of the socket with ``MSG_PEEK`` instead of through
-``data_received``: asyncio reads whatever is there, so the first read would also take the client's first
-bytes -- on an implicit-TLS listener its TLS ClientHello, which ``loop.start_tls`` cannot be given back.
-Peeking at most ``parser.want()`` bytes and then consuming exactly the ones the header used keeps the
-socket positioned at the client's first byte, with public APIs only (asyncio and uvloop alike). The
-transport is paused meanwhile, so nothing else reads the socket.
+Why the header is read from the bare socket, before any asyncio transport exists: a transport reads
+whatever has arrived, so it would also take the client's first bytes -- on an implicit-TLS listener its
+TLS ClientHello, which ``start_tls`` cannot be given back -- and uvloop starts reading right after
+``connection_made`` even when the protocol paused. Here the socket is peeked at (``MSG_PEEK``, at most
+``parser.want()`` bytes) and exactly the header's bytes are consumed, so ``connect_accepted_socket`` then
+hands the transport a socket positioned at the client's first byte. Public APIs only; asyncio and uvloop.
 """
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import socket
 from typing import TYPE_CHECKING, Any, Callable
 
-from ..config.proxy import HEADER_TIMEOUT
-from ..protocol.proxy import ProxyError, ProxyParser
+from ..config import proxy as proxy_config
+from ..protocol.proxy import V1_MAX, ProxyError, ProxyParser
+from .connection import SmtpConnection
 
 if TYPE_CHECKING:
     import ssl
 
+    from ..session.machine import ListenerContext
+    from . import Server
+
 log = logging.getLogger("smtpgate.server")
 
 Address = tuple[str, int]
+_ACCEPT_BATCH = 128                     # accepts per readiness event (like asyncio's own servers)
 
 
-class ProxyAccept(asyncio.Protocol):
-    """First protocol of a connection on a PROXY listener; hands the connection to ``make_conn()``."""
+class _Silent(EOFError):
+    """The peer closed before sending a single byte: a load balancer's TCP probe, not worth a log line."""
 
-    __slots__ = ("make_conn", "trusts", "ssl_ctx", "handshake_timeout", "transport", "task", "closed")
 
-    def __init__(self, make_conn: Callable[[], Any], trusts: Callable[[str], bool],
-                 ssl_ctx: "ssl.SSLContext | None", handshake_timeout: float):
-        self.make_conn = make_conn
-        self.trusts = trusts
-        self.ssl_ctx = ssl_ctx                 # implicit TLS: started here, after the header
-        self.handshake_timeout = handshake_timeout
-        self.transport: Any = None
-        self.task: asyncio.Task | None = None
-        self.closed = False
+class ProxiedConnection(SmtpConnection):
+    """An SMTP connection whose addresses come from a PROXY header (``None``: the socket's own)."""
 
-    def connection_made(self, transport: Any) -> None:
-        self.transport = transport
-        peer = transport.get_extra_info("peername") or ("", 0)
-        if self.trusts(peer[0]):
-            transport.pause_reading()
-            self.task = asyncio.get_running_loop().create_task(self._proxied(peer))
-        elif self.ssl_ctx is None:
-            self._hand_over(transport, None, None)
-        else:
-            transport.pause_reading()
-            self.task = asyncio.get_running_loop().create_task(self._tls_then_hand_over(None, None))
+    __slots__ = ("proxy_peer", "proxy_sock")
 
-    def data_received(self, data: bytes) -> None:   # pragma: no cover - reading is paused until hand-over
-        pass
+    def __init__(self, server: "Server", ctx: "ListenerContext", peer: Address | None, sock: Address | None):
+        super().__init__(server, ctx)
+        self.proxy_peer = peer
+        self.proxy_sock = sock
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
-        if self.task is not None and not self.task.done():
-            self.task.cancel()
+    def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+        super().connection_made(transport, peer=self.proxy_peer, sock=self.proxy_sock)
 
-    # -- trusted peer: header first ------------------------------------------------------------------
-    async def _proxied(self, peer: Address) -> None:
+
+class ProxyServer:
+    """One listening socket of a PROXY listener; quacks like the ``asyncio.Server`` the rest expects."""
+
+    def __init__(self, server: "Server", ctx: "ListenerContext", sock: socket.socket,
+                 ssl_ctx: "ssl.SSLContext | None"):
+        self.server = server
+        self.ctx = ctx
+        self.trusts: Callable[[str], bool] = ctx.listener.proxy.trusts
+        self.ssl_ctx = ssl_ctx                  # implicit TLS: started after the header
+        self.sockets = [sock]
+        self._sock = sock
+        self._loop = asyncio.get_running_loop()
+        self._pending: set[asyncio.Task] = set()
+        self._closed = False
+        self._loop.add_reader(sock.fileno(), self._accept)
+
+    @classmethod
+    async def create(cls, server: "Server", ctx: "ListenerContext", host: str, port: int,
+                     ssl_ctx: "ssl.SSLContext | None") -> "ProxyServer":
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
         try:
-            header = await asyncio.wait_for(_read_header(self.transport), HEADER_TIMEOUT)
-        except asyncio.CancelledError:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind((host, port))
+            sock.listen(1024)
+            sock.setblocking(False)
+        except OSError:
+            sock.close()
             raise
-        except (ProxyError, TimeoutError, asyncio.TimeoutError, OSError, EOFError) as exc:
-            reason = "timeout" if isinstance(exc, (TimeoutError, asyncio.TimeoutError)) else str(exc) or type(exc).__name__
-            log.info("PROXY header from %s refused: %s", peer[0], reason)
-            self.transport.abort()
-            return
-        src, dst = header.source, header.dest      # None (LOCAL, UNKNOWN): the connection's own addresses
-        if self.ssl_ctx is None:
-            self._hand_over(self.transport, src, dst)
-            if not self.transport.is_closing():
-                self.transport.resume_reading()
-        else:
-            await self._tls_then_hand_over(src, dst)
+        return cls(server, ctx, sock, ssl_ctx)
 
-    # -- hand-over -----------------------------------------------------------------------------------
-    async def _tls_then_hand_over(self, src: Address | None, dst: Address | None) -> None:
-        conn = self.make_conn()
-        loop = asyncio.get_running_loop()
-        try:
-            tls = await loop.start_tls(self.transport, conn, self.ssl_ctx, server_side=True,
-                                       ssl_handshake_timeout=self.handshake_timeout)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - any handshake failure ends only this connection
-            log.info("TLS handshake failed from %s: %s", (src or ("?",))[0], type(exc).__name__)
-            self.transport.abort()
-            return
-        if tls is None:        # the peer went away during the handshake
-            return
-        conn.connection_made(tls, peer=src, sock=dst)
-
-    def _hand_over(self, transport: Any, src: Address | None, dst: Address | None) -> None:
-        conn = self.make_conn()
-        transport.set_protocol(conn)
-        conn.connection_made(transport, peer=src, sock=dst)
-
-
-async def _read_header(transport: Any) -> Any:
-    """Read exactly the PROXY header from the (paused) transport's socket; return the parsed header."""
-    loop = asyncio.get_running_loop()
-    sock = transport.get_extra_info("socket").dup()   # same connection, own descriptor for add_reader
-    try:
-        sock.setblocking(False)
-        parser = ProxyParser()
-        while parser.result is None:
+    # -- accepting -----------------------------------------------------------------------------------
+    def _accept(self) -> None:
+        for _ in range(_ACCEPT_BATCH):
             try:
-                data = sock.recv(parser.want(), socket.MSG_PEEK)
-            except BlockingIOError:
-                await _readable(loop, sock)
-                continue
-            if not data:
-                raise EOFError("connection closed before the PROXY header")
-            used = parser.feed(data)
-            while used:                                 # those bytes are in the socket buffer: no wait
-                used -= len(sock.recv(used))
-        return parser.result
-    finally:
-        sock.close()
+                conn, addr = self._sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    # Out of descriptors: stop accepting for a moment rather than spin on the event.
+                    log.warning("accept failed on %s: %s; pausing accepts for 1s", self.ctx.listener.id, exc)
+                    self._loop.remove_reader(self._sock.fileno())
+                    self._loop.call_later(1.0, self._resume_accepting)
+                return
+            conn.setblocking(False)
+            task = self._loop.create_task(self._serve(conn, addr))
+            self._pending.add(task)
+            task.add_done_callback(self._pending.discard)
+
+    def _resume_accepting(self) -> None:
+        if not self._closed:
+            self._loop.add_reader(self._sock.fileno(), self._accept)
+
+    async def _serve(self, conn: socket.socket, addr: Any) -> None:
+        src = dst = None
+        try:
+            if self.trusts(addr[0]):
+                try:
+                    header = await asyncio.wait_for(read_header(self._loop, conn), proxy_config.HEADER_TIMEOUT)
+                except (ProxyError, TimeoutError, asyncio.TimeoutError, OSError, EOFError) as exc:
+                    _log_refusal(addr[0], exc)
+                    conn.close()
+                    return
+                src, dst = header.source, header.dest   # None (LOCAL, UNKNOWN): the socket's own addresses
+            listener = self.ctx.listener
+            await self._loop.connect_accepted_socket(
+                lambda: ProxiedConnection(self.server, self.ctx, src, dst), conn, ssl=self.ssl_ctx,
+                ssl_handshake_timeout=listener.tls.timeout if self.ssl_ctx else None)
+        except asyncio.CancelledError:
+            conn.close()
+            raise
+        except Exception as exc:  # noqa: BLE001 - a failed handshake or setup ends this connection only
+            log.info("connection from %s on %s failed before the session: %s", (src or addr)[0],
+                     self.ctx.listener.id, type(exc).__name__)
+            conn.close()
+
+    # -- the asyncio.Server surface the Server uses ----------------------------------------------------
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._loop.remove_reader(self._sock.fileno())
+        self._sock.close()
+        for task in list(self._pending):
+            task.cancel()
+
+    async def wait_closed(self) -> None:
+        if self._pending:
+            await asyncio.wait(list(self._pending), timeout=1.0)
+
+
+def _log_refusal(ip: str, exc: BaseException) -> None:
+    if isinstance(exc, (TimeoutError, asyncio.TimeoutError)):
+        reason = "no header in time"
+    else:
+        reason = str(exc) or type(exc).__name__
+    # HAProxy closes its health checks with a reset; probes that close at once are routine too.
+    quiet = isinstance(exc, (_Silent, ConnectionResetError))
+    log.log(logging.DEBUG if quiet else logging.INFO, "PROXY header from %s refused: %s", ip, reason)
+
+
+async def read_header(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> Any:
+    """Consume exactly the PROXY header from the non-blocking ``sock``; return the parsed header."""
+    parser = ProxyParser()
+    while parser.result is None:
+        try:
+            data = sock.recv(parser.want(), socket.MSG_PEEK)
+        except (BlockingIOError, InterruptedError):
+            await _readable(loop, sock)
+            continue
+        if not data:
+            raise (_Silent if parser.want() == V1_MAX else EOFError)("connection closed before the PROXY header")
+        used = parser.feed(data)
+        while used:                                 # those bytes are in the socket buffer: no wait
+            used -= len(sock.recv(used))
+    return parser.result
 
 
 async def _readable(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
