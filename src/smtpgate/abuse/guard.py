@@ -93,19 +93,7 @@ class Guard:
 
     # -- addresses ----------------------------------------------------------------------------------------
     def _ip_key(self, ip: Any) -> str:
-        """The counting/banning key of an address: itself (IPv4), or its /ipv6-prefix network (IPv6)."""
-        if isinstance(ip, str):
-            if ":" not in ip:
-                return ip
-            try:
-                ip = ipaddress.ip_address(ip.split("%", 1)[0])
-            except ValueError:
-                return ip
-        if isinstance(ip, ipaddress.IPv6Address):
-            if ip.ipv4_mapped is not None:
-                return str(ip.ipv4_mapped)
-            return str(ipaddress.ip_network(f"{ip}/{self._prefix}", strict=False))
-        return str(ip)
+        return ip_key(ip, self._prefix)
 
     @staticmethod
     @functools.lru_cache(maxsize=65536)
@@ -368,6 +356,23 @@ class Guard:
             except (asyncio.CancelledError, Exception):  # noqa: BLE001
                 pass
         await self.store.close()
+
+
+def ip_key(ip: Any, ipv6_prefix: int = 64) -> str:
+    """The counting/banning key of an address: itself (IPv4), or its /ipv6-prefix network (IPv6) --
+    one IPv6 client usually owns a whole /64, and would otherwise rotate through it."""
+    if isinstance(ip, str):
+        if ":" not in ip:
+            return ip
+        try:
+            ip = ipaddress.ip_address(ip.split("%", 1)[0])
+        except ValueError:
+            return ip
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{ip}/{ipv6_prefix}", strict=False))
+    return str(ip)
 
 
 def _counts(counts: dict[str, int]) -> str:
