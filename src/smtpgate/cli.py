@@ -27,6 +27,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     check = sub.add_parser("check-config", help="validate a configuration and exit")
     check.add_argument("--config", required=True)
+    from . import abusecli
+    abusecli.add_parser(sub)
     try:
         from . import usercli
         usercli.add_parser(sub)
@@ -57,6 +59,9 @@ def main(argv: list[str] | None = None) -> int:
             return _serve(args)
         if args.command == "user":
             return _user(args)
+        if args.command == "ban":
+            from . import abusecli
+            return abusecli.run(args, _load)
     except ConfigError as exc:
         print(exc.line(), file=sys.stderr)
         return 1

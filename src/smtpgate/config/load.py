@@ -16,6 +16,7 @@ import tomllib
 from collections.abc import Callable
 from typing import Any
 
+from . import abuse as config_abuse
 from . import values
 from .errors import ConfigError
 from .ifblock import MAIL, Scope, compile_setting
@@ -126,6 +127,7 @@ class _Builder:
         if not os.path.isabs(queue_path):
             queue_path = os.path.join(self.base_dir, queue_path)
         next_hop = self.next_hop(scope, remotes)
+        abuse = config_abuse.build(self.take, self.has, self.flat, scope, queue_path)
         for key in self.flat:
             # An empty table of a known section (a header whose keys are all commented out) is harmless.
             if not (self.flat[key] == {} and _known_table(key)):
@@ -133,7 +135,7 @@ class _Builder:
         return Settings(hostname=hostname, greeting=greeting, listeners=listeners, certificates=certificates,
                         session=session, lists=lists, databases=databases, remotes=remotes,
                         directories=directories, queue_path=queue_path, next_hop=next_hop,
-                        shutdown_grace=grace, source=self.source)
+                        shutdown_grace=grace, source=self.source, abuse=abuse)
 
     def certificates(self) -> dict[str, CertificateSettings]:
         out = {}

@@ -149,3 +149,4 @@ class Settings:
     next_hop: Expr                                  # queue.outbound.next-hop (lookup name or None)
     shutdown_grace: float = 30.0                    # server.shutdown-grace
     source: str = ""                                # where the config came from (for logs)
+    abuse: Any = None                               # config.abuse.AbuseSettings: throttles, auto-ban, store
