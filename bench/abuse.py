@@ -20,7 +20,8 @@ argon2. Phases:
 3. **refusals**: every attacking address is banned now; ``--refusals`` connections from them, and the
    nodes' CPU per refused connection (target <= 1/5 of the CPU of a full AUTH session from phase 1).
 
-Node CPU is read from /proc (utime+stime of both node processes) over each measured window.
+Node CPU is read from /proc (utime+stime of both node processes) over each measured window, minus what
+the nodes spend idle (health checks, timers; measured for 3 s first).
 """
 from __future__ import annotations
 
@@ -303,11 +304,16 @@ def main() -> int:
             port = hap.port("all")
             time.sleep(1.0)                         # health checks up
 
+            # 0. idle: what the nodes spend with no client (health checks, timers), subtracted below
+            cpu0, t0 = _cpu(pids), time.monotonic()
+            time.sleep(3.0)
+            idle_rate = (_cpu(pids) - cpu0) / (time.monotonic() - t0)
+
             # 1. baseline
-            off, cpu0, redis0 = _sizes(logs), _cpu(pids), _redis_calls(redis.port)
+            off, cpu0, redis0, t0 = _sizes(logs), _cpu(pids), _redis_calls(redis.port), time.monotonic()
             p, q = _spawn("good", port, args.baseline_seconds, GOOD, 1.0 / args.good_rate)
             base = _collect(p, q, args.baseline_seconds + 60)
-            cpu_base = _cpu(pids) - cpu0
+            cpu_base = _cpu(pids) - cpu0 - idle_rate * (time.monotonic() - t0)
             base_redis = _redis_calls(redis.port) - redis0
             base_auth = _auth_lines(logs, off)
             base_sessions = len(base["latencies"])
@@ -335,7 +341,7 @@ def main() -> int:
             runner = uvloop.run if uvloop else asyncio.run
             ref = runner(_refusals(port, args.refusals))
             ref_seconds = time.monotonic() - t0
-            cpu_ref = _cpu(pids) - cpu0
+            cpu_ref = _cpu(pids) - cpu0 - idle_rate * ref_seconds
     finally:
         for n in nodes:
             n.stop()
@@ -360,6 +366,7 @@ def main() -> int:
                    "lookups_total": sum(per_ip.values()), "auths_logged": auths,
                    "redis_commands": attack_redis, "redis_commands_per_auth": attack_redis / max(1, auths),
                    "node_cpu_s": cpu_attack},
+        "idle_node_cpu_per_s": idle_rate,
         "refusals": {**ref, "seconds": ref_seconds, "node_cpu_s": cpu_ref,
                      "cpu_per_refusal_us": cpu_per_refusal * 1e6,
                      "ratio_to_auth_session": cpu_per_refusal / cpu_per_session if cpu_per_session else None},
