@@ -91,6 +91,11 @@ class AbuseSettings:
     wait_max: float = 60.0               # session.auth.errors.wait-max: cap of the grown wait
     store: StoreSettings | None = None   # storage.lookup -> [store.<id>]; None = in this process
     ban_file: str = ""                   # persisted bans of the in-memory store (next to queue.path)
+    # What the session asks the guard about (set by build(), read on the hot path):
+    has_mail_rates: bool = False         # a [[session.throttle]] rate checked at MAIL
+    has_rcpt_rates: bool = False         # ... at RCPT
+    counts_abuse: bool = False           # server.auto-ban.abuse.rate is on
+    counts_auth: bool = False            # failed logins are counted (tracks_auth)
 
     def stage_throttles(self, stage: str) -> list[ThrottleSettings]:
         return [t for t in self.throttles if t.enable and t.stage == stage]
@@ -201,6 +206,10 @@ def build(take: Callable[[str, Any], Any], has: Callable[[str], bool], flat: dic
                                                       or k.startswith("server.auto-ban"))]:
         take(key, None)     # an empty table of this family (its keys commented out) is harmless
     a.ban_file = os.path.join(os.path.dirname(os.path.abspath(queue_path)), "bans.json")
+    a.has_mail_rates = any(t.rate is not None for t in a.stage_throttles("mail"))
+    a.has_rcpt_rates = any(t.rate is not None for t in a.stage_throttles("rcpt"))
+    a.counts_abuse = a.autoban["abuse"].rate is not None
+    a.counts_auth = a.tracks_auth
     return a
 
 
