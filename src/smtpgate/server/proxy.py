@@ -33,7 +33,7 @@ from .connection import SmtpConnection
 if TYPE_CHECKING:
     import ssl
 
-    from ..session.machine import ListenerContext
+    from ..session.context import ListenerContext
     from . import Server
 
 log = logging.getLogger("smtpgate.server")
