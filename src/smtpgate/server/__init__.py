@@ -15,26 +15,35 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import resource
 import socket
 import ssl
 import time
 from typing import Any
 
 from ..config.model import Settings
+from ..protocol import replies as R
 from ..delivery.base import Delivery, RcptResult
+from ..delivery.nexthop import NextHop
+from ..delivery.spool import Spool
 from ..lookup import registry
 from ..lookup.base import Lookup
-from ..session.machine import Deliver, ListenerContext
+from ..session.context import ListenerContext
+from ..session.requests import Deliver
+from .clock import Clock
 from .connection import SmtpConnection
 from .tls import server_context
 
 log = logging.getLogger("smtpgate.server")
 
+SWEEP_INTERVAL = 1.0        # seconds between checks of session.timeout / session.duration
+
 
 class Server:
     def __init__(self, settings: Settings, *, delivery: Delivery | None = None,
-                 lookups: dict[str, Lookup] | None = None):
+                 lookups: dict[str, Lookup] | None = None, clock: Clock | None = None):
         self.settings = settings
+        self.clock = clock or Clock()
         self._custom_delivery = delivery
         self._custom_lookups = lookups or {}
         self.lookups: dict[str, Lookup] = {}
@@ -44,13 +53,16 @@ class Server:
         self._ssl_contexts: dict[str, ssl.SSLContext] = {}
         self._connections: set[SmtpConnection] = set()
         self._per_listener: dict[str, int] = {}
-        self._sweeper: asyncio.Task | None = None
+        self._sweeper: Any = None
         self._stopping = False
         self._stopped = asyncio.Event()
+        self._connection_budget = 1 << 30     # set from RLIMIT_NOFILE at start()
+        self._budget_warned = False
 
     # -- life cycle ----------------------------------------------------------------------------------
     async def start(self) -> "Server":
         s = self.settings
+        self._connection_budget = _connection_budget(raise_nofile_limit())
         self.lookups = registry.build(s)
         self.lookups.update(self._custom_lookups)
         for lk in registry.unique(self.lookups):
@@ -58,12 +70,10 @@ class Server:
         if self._custom_delivery is not None:
             self.delivery = self._custom_delivery
         else:
-            from ..delivery.spool import Spool
             self.delivery = Spool(s.queue_path)
         await self.delivery.start()
         for ident, remote in s.remotes.items():
             if remote.protocol in ("smtp", "lmtp") and self._custom_delivery is None:
-                from ..delivery.nexthop import NextHop
                 self._next_hops[f"remote/{ident}"] = NextHop(remote, s.hostname)
         loop = asyncio.get_running_loop()
         for ident, listener in s.listeners.items():
@@ -75,10 +85,10 @@ class Server:
             servers = []
             for host, port in listener.binds:
                 family = socket.AF_INET6 if ":" in host else socket.AF_INET
+                # Implicit TLS too is a plain TCP server: the connection handshakes itself after accept
+                # (SmtpConnection.connection_made), so it is counted while it handshakes.
                 srv = await loop.create_server(
                     lambda ctx=ctx: SmtpConnection(self, ctx), host, port, family=family,
-                    ssl=ssl_ctx if listener.tls.implicit else None,
-                    ssl_handshake_timeout=listener.tls.timeout if listener.tls.implicit else None,
                     reuse_address=True, backlog=1024)
                 servers.append(srv)
                 for sock in srv.sockets:
@@ -90,7 +100,7 @@ class Server:
                 host, port = socks[0].getsockname()[:2]
                 if host not in ("0.0.0.0", "::"):
                     ctx.local_addr = (host, port)
-        self._sweeper = loop.create_task(self._sweep())
+        self._sweeper = self.clock.call_later(SWEEP_INTERVAL, self._sweep)
         return self
 
     async def stop(self, grace: float | None = None) -> None:
@@ -149,6 +159,14 @@ class Server:
         count = self._per_listener.get(ident, 0)
         if self._stopping or count >= conn.ctx.listener.max_connections:
             return False
+        if len(self._connections) >= self._connection_budget:
+            # Out of file descriptors soon: refuse at once rather than let accept() fail (asyncio then
+            # stops accepting for a second) or a served session's lookup or spool file find none left.
+            if not self._budget_warned:
+                self._budget_warned = True
+                log.warning("connection refused: %d connections use the file descriptors left "
+                            "(RLIMIT_NOFILE); raise `ulimit -n`", len(self._connections))
+            return False
         self._per_listener[ident] = count + 1
         self._connections.add(conn)
         return True
@@ -167,14 +185,42 @@ class Server:
             return await target.deliver(req.envelope)
         except Exception:  # noqa: BLE001 - a broken delivery must never lose a message silently
             log.exception("delivery failed")
-            return [RcptResult(451, "4.3.0 Delivery failed, try again later")] * len(req.envelope.rcpt_to)
+            return [RcptResult.from_reply(R.DELIVERY_FAILED)] * len(req.envelope.rcpt_to)
 
-    async def _sweep(self) -> None:
-        while True:
-            await asyncio.sleep(1.0)
-            now = time.monotonic()
-            for conn in list(self._connections):
-                conn.expire(now)
+    def _sweep(self) -> None:
+        now = self.clock.now()
+        for conn in list(self._connections):
+            conn.expire(now)
+        if not self._stopped.is_set():
+            self._sweeper = self.clock.call_later(SWEEP_INTERVAL, self._sweep)
+
+
+#: File descriptors kept out of the connection budget: listeners, lookups' and next hops' connections,
+#: spool files, logs -- what served sessions need to finish.
+FD_RESERVE_MIN = 64
+
+
+def raise_nofile_limit() -> int:
+    """Raise RLIMIT_NOFILE's soft limit to the hard limit (each connection is a descriptor), log it, and
+    return the limit now in force."""
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (OSError, ValueError):  # pragma: no cover - no such limit here
+        return 1 << 20
+    if hard != resource.RLIM_INFINITY and soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            log.info("file descriptors: RLIMIT_NOFILE raised from %d to %d", soft, hard)
+            soft = hard
+        except (OSError, ValueError) as exc:
+            log.warning("file descriptors: cannot raise RLIMIT_NOFILE from %d to %d: %s", soft, hard, exc)
+    else:
+        log.info("file descriptors: RLIMIT_NOFILE is %s", "unlimited" if soft == resource.RLIM_INFINITY else soft)
+    return soft if soft != resource.RLIM_INFINITY else 1 << 20
+
+
+def _connection_budget(nofile: int) -> int:
+    return max(8, nofile - max(FD_RESERVE_MIN, nofile // 10))
 
 
 def _fmt(addr: Any) -> str:
