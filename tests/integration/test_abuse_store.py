@@ -153,7 +153,7 @@ async def test_redis_outage_falls_back_per_process_logs_once_and_recovers(privat
     private_redis.start()
     await s.refresh()
     assert not s.down
-    assert any("answers again" in r.getMessage() for r in caplog.records)
+    assert any("limits are shared again" in r.getMessage() for r in caplog.records)
     other = _redis("outage:", private_redis.url)
     await other.start()
     assert {b.key for b in await other.bans()} == {"203.0.113.2"}   # the outage's ban was written back

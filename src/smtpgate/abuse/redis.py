@@ -265,12 +265,12 @@ class RedisStore(Store):
             except (aioredis.RedisError, OSError, TimeoutError):
                 return Changes()
             self.down = False
-            log.warning("redis store %r answers again: limits are shared again", self.settings.id)
             try:
                 await self._replay()
                 await self._sync_key()
             except _Down:
                 return Changes()
+            log.warning("redis store %r answers again: limits are shared again", self.settings.id)
         try:
             version = await self._call(self.client.get, self.k("bans:ver"))
             if version == self._version and self._version is not None:

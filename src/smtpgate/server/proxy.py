@@ -3,13 +3,13 @@
 A listener with ``proxy.trusted-networks`` is served by a :class:`ProxyServer` instead of
 ``loop.create_server``. For each accepted socket it decides, from the peer address alone:
 
-* peer outside the trusted networks: an ordinary client. The socket goes straight to the SMTP transport
-  (through the TLS handshake on an implicit-TLS listener); a PROXY header it sends is a bad command like
-  any other, never believed.
+* peer outside the trusted networks: an ordinary client. The socket goes straight to the SMTP transport;
+  a PROXY header it sends is a bad command like any other, never believed.
 * trusted peer (the load balancer): the socket must start with a valid v1 or v2 header within
   ``HEADER_TIMEOUT``; otherwise it is closed without a word (whatever we said would reach the proxy's
   client, who did nothing wrong; a proxy that sends no header is misconfigured). The header's addresses
-  become the session's remote and local address; then TLS (implicit listeners) and SMTP start.
+  become the session's remote and local address; then TLS (implicit listeners) and SMTP start, in
+  ``SmtpConnection`` as on any listener.
 
 Why the header is read from the bare socket, before any asyncio transport exists: a transport reads
 whatever has arrived, so it would also take the client's first bytes -- on an implicit-TLS listener its
@@ -31,8 +31,6 @@ from ..protocol.proxy import V1_MAX, ProxyError, ProxyParser
 from .connection import SmtpConnection
 
 if TYPE_CHECKING:
-    import ssl
-
     from ..session.context import ListenerContext
     from . import Server
 
@@ -56,19 +54,18 @@ class ProxiedConnection(SmtpConnection):
         self.proxy_peer = peer
         self.proxy_sock = sock
 
-    def connection_made(self, transport: Any) -> None:  # type: ignore[override]
-        super().connection_made(transport, peer=self.proxy_peer, sock=self.proxy_sock)
+    def _addresses(self) -> tuple[Any, Any]:
+        peer, sock = super()._addresses()
+        return self.proxy_peer or peer, self.proxy_sock or sock
 
 
 class ProxyServer:
     """One listening socket of a PROXY listener; quacks like the ``asyncio.Server`` the rest expects."""
 
-    def __init__(self, server: "Server", ctx: "ListenerContext", sock: socket.socket,
-                 ssl_ctx: "ssl.SSLContext | None"):
+    def __init__(self, server: "Server", ctx: "ListenerContext", sock: socket.socket):
         self.server = server
         self.ctx = ctx
         self.trusts: Callable[[str], bool] = ctx.listener.proxy.trusts
-        self.ssl_ctx = ssl_ctx                  # implicit TLS: started after the header
         self.sockets = [sock]
         self._sock = sock
         self._loop = asyncio.get_running_loop()
@@ -77,8 +74,7 @@ class ProxyServer:
         self._loop.add_reader(sock.fileno(), self._accept)
 
     @classmethod
-    async def create(cls, server: "Server", ctx: "ListenerContext", host: str, port: int,
-                     ssl_ctx: "ssl.SSLContext | None") -> "ProxyServer":
+    async def create(cls, server: "Server", ctx: "ListenerContext", host: str, port: int) -> "ProxyServer":
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         try:
@@ -91,7 +87,7 @@ class ProxyServer:
         except OSError:
             sock.close()
             raise
-        return cls(server, ctx, sock, ssl_ctx)
+        return cls(server, ctx, sock)
 
     # -- accepting -----------------------------------------------------------------------------------
     def _accept(self) -> None:
@@ -127,14 +123,13 @@ class ProxyServer:
                     conn.close()
                     return
                 src, dst = header.source, header.dest   # None (LOCAL, UNKNOWN): the socket's own addresses
-            listener = self.ctx.listener
+            # An implicit-TLS listener's connection starts the handshake itself (SmtpConnection).
             await self._loop.connect_accepted_socket(
-                lambda: ProxiedConnection(self.server, self.ctx, src, dst), conn, ssl=self.ssl_ctx,
-                ssl_handshake_timeout=listener.tls.timeout if self.ssl_ctx else None)
+                lambda: ProxiedConnection(self.server, self.ctx, src, dst), conn)
         except asyncio.CancelledError:
             conn.close()
             raise
-        except Exception as exc:  # noqa: BLE001 - a failed handshake or setup ends this connection only
+        except Exception as exc:  # noqa: BLE001 - a failed setup ends this connection only
             log.info("connection from %s on %s failed before the session: %s", (src or addr)[0],
                      self.ctx.listener.id, type(exc).__name__)
             conn.close()
