@@ -21,6 +21,7 @@ import ssl
 import time
 from typing import Any
 
+from ..abuse import build as abuse_build
 from ..config.model import Settings
 from ..protocol import replies as R
 from ..delivery.base import Delivery, RcptResult
@@ -58,6 +59,7 @@ class Server:
         self._stopped = asyncio.Event()
         self._connection_budget = 1 << 30     # set from RLIMIT_NOFILE at start()
         self._budget_warned = False
+        self.guard = None               # abuse.guard.Guard: throttles, bans (config/abuse.py)
 
     # -- life cycle ----------------------------------------------------------------------------------
     async def start(self) -> "Server":
@@ -72,6 +74,9 @@ class Server:
         else:
             self.delivery = Spool(s.queue_path)
         await self.delivery.start()
+        self.guard = abuse_build.guard(s)
+        if self.guard is not None:
+            await self.guard.start()
         for ident, remote in s.remotes.items():
             if remote.protocol in ("smtp", "lmtp") and self._custom_delivery is None:
                 self._next_hops[f"remote/{ident}"] = NextHop(remote, s.hostname)
@@ -134,6 +139,8 @@ class Server:
             await hop.close()
         if self.delivery is not None:
             await self.delivery.close()
+        if self.guard is not None:
+            await self.guard.close()
         for lk in registry.unique(self.lookups):
             try:
                 await lk.close()

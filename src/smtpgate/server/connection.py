@@ -27,6 +27,8 @@ from ..session.context import ListenerContext
 from ..session.machine import Session
 from ..session.requests import (PAUSE, UNAVAILABLE, Authenticate, Compute, Contains, Deliver, GetSecret, Sleep,
                                 StartTls)
+from ..abuse.replies import NOT_SMTP
+from ..abuse.requests import AuthDone, AuthGate, Offence, RateCheck
 from .tls import tls_info
 
 if TYPE_CHECKING:
@@ -39,11 +41,12 @@ log = logging.getLogger("smtpgate.server")
 OUTPUT_HIGH_WATER = 64 * 1024
 MAX_BUFFERED = 64 * 1024
 _NO_ANSWER = object()
+GUARD_REQUESTS = frozenset({AuthGate, AuthDone, Offence, RateCheck})   # served by server.guard (abuse/)
 
 
 class SmtpConnection(asyncio.Protocol):
     __slots__ = ("server", "ctx", "transport", "session", "pending", "write_paused", "closed", "reading_paused",
-                 "early")
+                 "early", "ticket")
 
     def __init__(self, server: "Server", ctx: ListenerContext):
         self.server = server
@@ -55,12 +58,55 @@ class SmtpConnection(asyncio.Protocol):
         self.reading_paused = False
         self.closed = False
         self.early: list[bytes] | None = None   # decrypted input that came before the session (implicit TLS)
+        self.ticket: Any = None           # what the abuse guard admitted (concurrency slots to release)
 
     # -- asyncio callbacks ---------------------------------------------------------------------------
     def connection_made(self, transport: Any) -> None:
         """At accept, before any TLS: the connection counts toward max-connections from here, so clients
         that never finish (or never start) a handshake cannot open connections without bound."""
         self.transport = transport
+        guard = self.server.guard
+        if guard is not None and not self._admit(guard):
+            return
+        self._accepted()
+
+    def _admit(self, guard: Any) -> bool:
+        """The abuse guard's word at accept, before TLS and before a session exists: a banned or blocked
+        address or a concurrency throttle refuses at once (one short line; on a TLS port nothing); a
+        connect-rate throttle on a shared store is awaited (then False: ``_accepted`` follows)."""
+        transport = self.transport
+        peer = transport.get_extra_info("peername") or ("", 0)
+        sock = self.ctx.local_addr or transport.get_extra_info("sockname") or ("", 0)
+        implicit = self.ctx.listener.tls.implicit
+        ticket = self.ticket = guard.admit(peer[0], self.ctx.listener.id, sock[0], sock[1], implicit)
+        if ticket.refusal is not None:
+            self._refuse(ticket.refusal)
+            return False
+        if ticket.pending is not None:
+            self.pending = asyncio.get_running_loop().create_task(self._admit_later(guard))
+            return False
+        return True
+
+    async def _admit_later(self, guard: Any) -> None:
+        refusal = await guard.connect_rate(self.ticket)
+        self.pending = None
+        if self.closed:
+            return
+        if refusal is not None:
+            self._refuse(refusal)
+            return
+        self._accepted()
+
+    def _refuse(self, reply: bytes) -> None:
+        self.closed = True
+        if self.ctx.listener.tls.implicit:
+            self.transport.abort()
+        else:
+            self.transport.write(reply)
+            self.transport.close()
+
+    def _accepted(self) -> None:
+        transport = self.transport
         implicit = self.ctx.listener.tls.implicit
         if not self.server._register(self):
             self.closed = True
@@ -117,6 +163,8 @@ class SmtpConnection(asyncio.Protocol):
                 self.early = []
             self.early.append(data)
             return
+        if s.reader.total == 0 and self.server.guard is not None and self._not_smtp(data):
+            return
         if not s.receive_data(data, self.server.clock.now()):
             self._abort()
             return
@@ -142,6 +190,9 @@ class SmtpConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self.ticket is not None:
+            self.server.guard.release(self.ticket)
+            self.ticket = None
         s = self.session
         if self.pending is not None:
             if s is not None and s.verdict_pending:
@@ -170,7 +221,8 @@ class SmtpConnection(asyncio.Protocol):
                 req = s.advance() if answer is _NO_ANSWER else s.resume(answer)
                 if req is None or req is PAUSE:
                     break
-                answer = _answer_now(req)
+                answer = _answer_now(req) if type(req) not in GUARD_REQUESTS else \
+                    self.server.guard.answer_now(req, _LATER)
                 if answer is _LATER:
                     break
         except Exception:
@@ -252,6 +304,8 @@ class SmtpConnection(asyncio.Protocol):
             return await self._handshake()
         if kind is Deliver:
             return await self.server._deliver(req)
+        if kind in GUARD_REQUESTS:
+            return await self.server.guard.perform(req)
         raise TypeError(f"unknown request {req!r}")
 
     async def _handshake(self) -> Any:
@@ -278,6 +332,17 @@ class SmtpConnection(asyncio.Protocol):
         transport.set_write_buffer_limits(high=OUTPUT_HIGH_WATER)
         self.reading_paused = False
         return tls_info(transport.get_extra_info("ssl_object"))
+
+    def _not_smtp(self, first: bytes) -> bool:
+        """A first input that is HTTP or a TLS hello (server.auto-ban.scan.*): counted, answered, closed."""
+        guard = self.server.guard
+        kind = guard.not_smtp(first)
+        if kind is None:
+            return False
+        log.info("not SMTP from %s (%s): closing", self.session.vars.remote_ip, kind)
+        guard.offence_soon("scan", self.session.vars.remote_ip)
+        self._abort(None if kind == "tls" else NOT_SMTP)
+        return True
 
     # -- output --------------------------------------------------------------------------------------
     def _flush(self) -> None:
@@ -310,6 +375,8 @@ class SmtpConnection(asyncio.Protocol):
             return
         reply = s.deadline_reply(now)
         if reply is not None:
+            if reply is R.TIMEOUT and s.messages == 0 and s.mail_from is None and self.server.guard is not None:
+                self.server.guard.offence_soon("loiter", s.vars.remote_ip)     # server.auto-ban.loiter
             self._abort(reply)
 
     def shutdown(self) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..protocol import replies as R
+from . import abuse
 from ..protocol.commands import ParseError, parse_path, parse_path_and_params, xtext_decode
 
 if TYPE_CHECKING:
@@ -54,6 +55,17 @@ def mail(s: "Session", arg: str) -> None:
     if auth_param is not None:
         auth_param = auth_param if (s.auth_account is not None and auth_param != "<>" and
                                     owns(s, auth_param.lower())) else "<>"
+    a = s.ctx.settings.abuse
+    if a is not None and a.has_mail_rates:
+        return _rate_limited(s, addr, params, auth_param)
+    s.mail_accepted(addr, params, auth_param)
+    s.reply(R.MAIL_OK)
+
+
+def _rate_limited(s: "Session", addr, params, auth_param):
+    """[[session.throttle]] rates keyed on sender values, checked before the sender is accepted."""
+    if not (yield from abuse.rate(s, "mail")):
+        return _undo(s)
     s.mail_accepted(addr, params, auth_param)
     s.reply(R.MAIL_OK)
 
