@@ -74,9 +74,7 @@ class SmtpConnection(asyncio.Protocol):
         """The abuse guard's word at accept, before TLS and before a session exists: a banned or blocked
         address or a concurrency throttle refuses at once (one short line; on a TLS port nothing); a
         connect-rate throttle on a shared store is awaited (then False: ``_accepted`` follows)."""
-        transport = self.transport
-        peer = transport.get_extra_info("peername") or ("", 0)
-        sock = self.ctx.local_addr or transport.get_extra_info("sockname") or ("", 0)
+        peer, sock = self._addresses()      # behind a PROXY header: the real client
         implicit = self.ctx.listener.tls.implicit
         ticket = self.ticket = guard.admit(peer[0], self.ctx.listener.id, sock[0], sock[1], implicit)
         if ticket.refusal is not None:
@@ -319,8 +317,7 @@ class SmtpConnection(asyncio.Protocol):
             transport = await loop.start_tls(self.transport, self, ctxt, server_side=True,
                                              ssl_handshake_timeout=self.ctx.listener.tls.timeout)
         except (OSError, asyncio.TimeoutError, ConnectionError, Exception) as exc:  # noqa: BLE001
-            peer = (self.transport.get_extra_info("peername") or ("?",))[0]
-            log.info("TLS handshake failed from %s: %s", peer, type(exc).__name__)
+            log.info("TLS handshake failed from %s: %s", self._addresses()[0][0] or "?", type(exc).__name__)
             self.closed = True
             try:
                 self.transport.abort()
