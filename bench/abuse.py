@@ -338,6 +338,7 @@ def main() -> int:
     ap.add_argument("--auth-rate", default="100/1d", help="server.auto-ban.auth.rate")
     ap.add_argument("--wait", default="1s", help="session.auth.errors.wait")
     ap.add_argument("--json-out")
+    ap.add_argument("--keep", action="store_true", help="keep the nodes' logs and configuration (path printed)")
     args = ap.parse_args()
     rate_count = int(args.auth_rate.split("/")[0])
 
@@ -405,7 +406,10 @@ def main() -> int:
         for n in nodes:
             n.stop()
         redis.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
+        if args.keep:
+            print(f"logs and configuration kept in {tmp}", file=sys.stderr)
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
 
     cpu_per_session = cpu_base / max(1, base_sessions)
     cpu_per_refusal = cpu_ref / max(1, ref["closed"])
