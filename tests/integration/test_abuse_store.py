@@ -103,7 +103,7 @@ async def test_every_redis_key_expires_and_carries_the_prefix(redis_prefix):
 
 
 async def test_concurrent_hits_are_atomic(redis_prefix):
-    stores = [_redis(redis_prefix) for _ in range(4)]
+    stores = [_redis(redis_prefix, timeout=10.0) for _ in range(4)]    # atomicity, not latency, is tested
     for s in stores:
         await s.start()
     await asyncio.gather(*(s.hit([Hit("n", 60)]) for s in stores for _ in range(50)))

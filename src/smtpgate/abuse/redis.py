@@ -122,7 +122,6 @@ class RedisStore(Store):
         self._version: bytes | None = None
         self._outage_bans: dict[str, Ban | None] = {}   # changes made while down, replayed on recovery
         self.fingerprint_key = os.urandom(32)
-        self.round_trips = 0                   # for the bench: Redis commands/scripts sent
 
     # -- plumbing -------------------------------------------------------------------------------------
     def k(self, name: str) -> str:
@@ -131,7 +130,6 @@ class RedisStore(Store):
     async def _call(self, fn: Any, *args: Any, **kw: Any) -> Any:
         if self.down:
             raise _Down()
-        self.round_trips += 1
         try:
             async with asyncio.timeout(self.timeout):
                 return await fn(*args, **kw)
