@@ -76,7 +76,9 @@ class SmtpConnection(asyncio.Protocol):
         connect-rate throttle on a shared store is awaited (then False: ``_accepted`` follows)."""
         transport = self.transport
         peer = transport.get_extra_info("peername") or ("", 0)
-        sock = self.ctx.local_addr or transport.get_extra_info("sockname") or ("", 0)
+        # The local end only matters to connect throttles (local-ip); spare the syscall otherwise.
+        sock = (self.ctx.local_addr or transport.get_extra_info("sockname") or ("", 0)) if guard.needs_local \
+            else ("", 0)
         implicit = self.ctx.listener.tls.implicit
         ticket = self.ticket = guard.admit(peer[0], self.ctx.listener.id, sock[0], sock[1], implicit)
         if ticket.refusal is not None:
