@@ -154,3 +154,15 @@ def test_without_abuse_settings_nothing_is_asked():
     s = session(settings)
     seen = run(s.handle(plain("john@example.org", "secret")), {Authenticate: lookup})
     assert [type(r) for r in seen] == [Authenticate]
+
+
+def test_lmtp_clients_are_not_counted_for_unknown_recipients():
+    settings = load_text(CONFIG.replace('[server.listener.smtp]\nbind = "127.0.0.1:0"',
+                                        '[server.listener.smtp]\nbind = "127.0.0.1:0"\nprotocol = "lmtp"'))
+    ctx = ListenerContext(settings, settings.listeners["smtp"], registry.build(settings), starttls_available=False)
+    s = Session(ctx, "127.0.0.1", 40000, "127.0.0.1", 24, None)
+    assert s.handle(b"LHLO mta.test") is None
+    run(s.handle(b"MAIL FROM:<a@remote.test>"), {RateCheck: lambda r: True})
+    s.out.clear()
+    seen = run(s.handle(b"RCPT TO:<x@gmail.test>"), {Contains: lambda r: False})
+    assert Offence not in [type(r) for r in seen] and not s.closing

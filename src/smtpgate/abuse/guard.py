@@ -82,6 +82,7 @@ class Guard:
         self._connect = a.stage_throttles("connect")
         self._connect_conc = [t for t in self._connect if t.concurrency is not None]
         self._connect_rate = [t for t in self._connect if t.rate is not None]
+        self.needs_local = bool(self._connect)    # connect throttles may test local-ip / local-port
         self._stage = {stage: [t for t in a.stage_throttles(stage) if t.rate is not None] for stage in ("mail", "rcpt")}
         self.has_mail_rates = bool(self._stage["mail"])
         self.has_rcpt_rates = bool(self._stage["rcpt"])

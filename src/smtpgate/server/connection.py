@@ -74,7 +74,9 @@ class SmtpConnection(asyncio.Protocol):
         """The abuse guard's word at accept, before TLS and before a session exists: a banned or blocked
         address or a concurrency throttle refuses at once (one short line; on a TLS port nothing); a
         connect-rate throttle on a shared store is awaited (then False: ``_accepted`` follows)."""
-        peer, sock = self._addresses()      # behind a PROXY header: the real client
+        # Behind a PROXY header: the real client. The local end only matters to connect throttles (local-ip);
+        # spare the syscall otherwise.
+        peer, sock = self._addresses(local=guard.needs_local)
         implicit = self.ctx.listener.tls.implicit
         ticket = self.ticket = guard.admit(peer[0], self.ctx.listener.id, sock[0], sock[1], implicit)
         if ticket.refusal is not None:
@@ -143,10 +145,12 @@ class SmtpConnection(asyncio.Protocol):
         if early:
             self.data_received(b"".join(early))
 
-    def _addresses(self) -> tuple[Any, Any]:
-        """(client, local) address of the session. A PROXY listener's connection overrides this with the
-        addresses its header named (server/proxy.py)."""
+    def _addresses(self, local: bool = True) -> tuple[Any, Any]:
+        """(client, local) address of the session (the local one only if ``local``). A PROXY listener's
+        connection overrides this with the addresses its header named (server/proxy.py)."""
         peer = self.transport.get_extra_info("peername") or ("", 0)
+        if not local:
+            return peer, ("", 0)
         # A listener bound to one address knows its local end without a getsockname() per connection.
         sock = self.ctx.local_addr or self.transport.get_extra_info("sockname") or ("", 0)
         return peer, sock

@@ -54,8 +54,8 @@ class ProxiedConnection(SmtpConnection):
         self.proxy_peer = peer
         self.proxy_sock = sock
 
-    def _addresses(self) -> tuple[Any, Any]:
-        peer, sock = super()._addresses()
+    def _addresses(self, local: bool = True) -> tuple[Any, Any]:
+        peer, sock = super()._addresses(local)
         return self.proxy_peer or peer, self.proxy_sock or sock
 
 

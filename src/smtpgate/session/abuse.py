@@ -80,8 +80,8 @@ def offence(s: "Session", kind: str) -> Generator:
     """Count a relay attempt or an unknown local recipient (``server.auto-ban.abuse.*``); a client that
     earns a ban with it is disconnected."""
     a = s.ctx.settings.abuse
-    if a is None or not a.counts_abuse:
-        return
+    if a is None or not a.counts_abuse or s.ctx.lmtp:
+        return          # an LMTP client is the local MTA handing over mail: its unknown recipients are not abuse
     banned = yield Offence(kind, s.vars.remote_ip)
     if banned is True:
         s.close(AR.BANNED)
