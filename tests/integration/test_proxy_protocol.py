@@ -234,3 +234,23 @@ def test_through_haproxy(tmp_path: Path, send_proxy: str) -> None:
             assert [env["remote_ip"] for env, _ in msgs] == ["127.0.0.7", "127.0.0.7"]
             assert all(b"([127.0.0.7])" in body.split(b"\r\n")[0] for _, body in msgs)
         assert not any("refused" in line for line in srv.logs), srv.logs   # health checks send headers too
+
+
+def test_guard_judges_the_client_the_header_names(tmp_path: Path) -> None:
+    """Blocked, banned and throttled addresses are those of the real clients, on plain and implicit-TLS
+    listeners alike -- never the proxy's (which is not blocked here)."""
+    config = CONFIG.replace('hostname = "mx.test"', 'hostname = "mx.test"\nblocked-ip = ["192.0.2.66"]', 1)
+    with run_server(config, tmp_path) as srv:
+        raw = connect(srv.port("smtp"), prefix=v2("192.0.2.66", "198.51.100.1", 1, 25), greet=False)
+        assert raw.reply().startswith("421 4.7.0"), "refused before the session, with one line"
+        assert raw.closed()
+        raw = connect(srv.port("smtp"), prefix=v2("192.0.2.67", "198.51.100.1", 1, 25))
+        assert raw.greeting.startswith("220 ")
+        raw.close()
+        with pytest.raises((ssl.SSLError, OSError, EOFError)):      # implicit TLS: closed before the handshake
+            connect(srv.port("submissions"), prefix=v2("192.0.2.66", "198.51.100.4", 1, 465),
+                    tls=client_tls(srv.ca_file))
+        raw = connect(srv.port("submissions"), prefix=v2("192.0.2.67", "198.51.100.4", 1, 465),
+                      tls=client_tls(srv.ca_file))
+        assert raw.greeting.startswith("220 ")
+        raw.close()

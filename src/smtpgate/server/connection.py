@@ -46,7 +46,7 @@ GUARD_REQUESTS = frozenset({AuthGate, AuthDone, Offence, RateCheck})   # served 
 
 class SmtpConnection(asyncio.Protocol):
     __slots__ = ("server", "ctx", "transport", "session", "pending", "write_paused", "closed", "reading_paused",
-                 "early", "ticket")
+                 "registered", "ticket")
 
     def __init__(self, server: "Server", ctx: ListenerContext):
         self.server = server
@@ -57,30 +57,40 @@ class SmtpConnection(asyncio.Protocol):
         self.write_paused = False
         self.reading_paused = False
         self.closed = False
-        self.early: list[bytes] | None = None   # decrypted input that came before the session (implicit TLS)
-        self.ticket: Any = None           # what the abuse guard admitted (concurrency slots to release)
+        self.registered = False                 # counted in the server's connections
+        self.ticket: Any = None                 # the abuse guard's admission (concurrency slots to give back)
 
     # -- asyncio callbacks ---------------------------------------------------------------------------
     def connection_made(self, transport: Any) -> None:
-        """At accept, before any TLS: the connection counts toward max-connections from here, so clients
-        that never finish (or never start) a handshake cannot open connections without bound."""
+        """Plain listeners: at accept. Implicit TLS: after the handshake (the connection was counted at
+        accept by server/tls_listener.py)."""
         self.transport = transport
-        guard = self.server.guard
-        if guard is not None and not self._admit(guard):
-            return
-        self._accepted()
+        if not self.registered:
+            guard = self.server.guard
+            if guard is not None and self.ticket is None and not self._admit(guard):
+                return
+            if not self.server._register(self):
+                self.closed = True
+                transport.write(R.TOO_MANY_CONNECTIONS)
+                transport.close()
+                return
+            self.registered = True
+        self.pending = None                     # the handshake (implicit TLS) is over
+        transport.set_write_buffer_limits(high=OUTPUT_HIGH_WATER)
+        info = tls_info(transport.get_extra_info("ssl_object")) if self.ctx.listener.tls.implicit else None
+        self._start_session(info)
 
     def _admit(self, guard: Any) -> bool:
-        """The abuse guard's word at accept, before TLS and before a session exists: a banned or blocked
-        address or a concurrency throttle refuses at once (one short line; on a TLS port nothing); a
-        connect-rate throttle on a shared store is awaited (then False: ``_accepted`` follows)."""
-        # Behind a PROXY header: the real client. The local end only matters to connect throttles (local-ip);
-        # spare the syscall otherwise.
-        peer, sock = self._addresses(local=guard.needs_local)
-        implicit = self.ctx.listener.tls.implicit
-        ticket = self.ticket = guard.admit(peer[0], self.ctx.listener.id, sock[0], sock[1], implicit)
+        """The abuse guard's word at accept, before a session exists (plain listeners; implicit TLS asks
+        in tls_listener.py, before the handshake): a banned or blocked address or a concurrency throttle
+        is refused with one short line; a connect-rate throttle on a shared store is awaited first."""
+        transport = self.transport
+        peer = self._addresses(local=False)[0]      # behind a PROXY header: the real client
+        ticket = self.ticket = guard.admit(peer[0], self.ctx.listener.id, *self.local_end(guard))
         if ticket.refusal is not None:
-            self._refuse(ticket.refusal)
+            self.closed = True
+            transport.write(ticket.refusal)
+            transport.close()
             return False
         if ticket.pending is not None:
             self.pending = asyncio.get_running_loop().create_task(self._admit_later(guard))
@@ -93,42 +103,31 @@ class SmtpConnection(asyncio.Protocol):
         if self.closed:
             return
         if refusal is not None:
-            self._refuse(refusal)
-            return
-        self._accepted()
-
-    def _refuse(self, reply: bytes) -> None:
-        self.closed = True
-        if self.ctx.listener.tls.implicit:
-            self.transport.abort()
-        else:
-            self.transport.write(reply)
-            self.transport.close()
-
-    def _accepted(self) -> None:
-        transport = self.transport
-        implicit = self.ctx.listener.tls.implicit
-        if not self.server._register(self):
             self.closed = True
-            if implicit:
-                transport.abort()          # no cleartext reply on a TLS port; the cheapest refusal
-            else:
-                transport.write(R.TOO_MANY_CONNECTIONS)
-                transport.close()
+            self.transport.write(refusal)
+            self.transport.close()
             return
-        transport.set_write_buffer_limits(high=OUTPUT_HIGH_WATER)
-        if implicit:
-            # Until the handshake is done only the TLS layer may read the socket.
-            transport.pause_reading()
-            self.pending = asyncio.get_running_loop().create_task(self._implicit_tls())
-            return
-        self._start_session(None)
+        self.connection_made(self.transport)
 
-    async def _implicit_tls(self) -> None:
-        info = await self._handshake()
-        self.pending = None
-        if info is not None and not self.closed:
-            self._start_session(info)
+    def local_end(self, guard: Any, sock: Any = None) -> tuple[str, int, bool]:
+        """(local ip, local port, tls) for connect throttles; no getsockname() when none needs them."""
+        if not guard.needs_local:
+            return "", 0, self.ctx.listener.tls.implicit
+        if sock is not None:
+            local = self.ctx.local_addr or sock.getsockname()
+        else:
+            local = self.ctx.local_addr or self.transport.get_extra_info("sockname") or ("", 0)
+        return local[0], local[1], self.ctx.listener.tls.implicit
+
+    def _addresses(self, local: bool = True) -> tuple[Any, Any]:
+        """(client, local) address of the session (the local one only if ``local``). A PROXY listener's
+        connection overrides this with the addresses its header named (server/proxy.py)."""
+        peer = self.transport.get_extra_info("peername") or ("", 0)
+        if not local:
+            return peer, ("", 0)
+        # A listener bound to one address knows its local end without a getsockname() per connection.
+        sock = self.ctx.local_addr or self.transport.get_extra_info("sockname") or ("", 0)
+        return peer, sock
 
     def _start_session(self, info: Any) -> None:
         transport = self.transport
@@ -141,29 +140,10 @@ class SmtpConnection(asyncio.Protocol):
             self._close()
             return
         transport.write(self.session.greeting)
-        early, self.early = self.early, None
-        if early:
-            self.data_received(b"".join(early))
-
-    def _addresses(self, local: bool = True) -> tuple[Any, Any]:
-        """(client, local) address of the session (the local one only if ``local``). A PROXY listener's
-        connection overrides this with the addresses its header named (server/proxy.py)."""
-        peer = self.transport.get_extra_info("peername") or ("", 0)
-        if not local:
-            return peer, ("", 0)
-        # A listener bound to one address knows its local end without a getsockname() per connection.
-        sock = self.ctx.local_addr or self.transport.get_extra_info("sockname") or ("", 0)
-        return peer, sock
 
     def data_received(self, data: bytes) -> None:
         s = self.session
-        if self.closed:
-            return
-        if s is None:
-            # A client may write right after its handshake, before _implicit_tls has resumed.
-            if self.early is None:
-                self.early = []
-            self.early.append(data)
+        if self.closed or s is None:
             return
         if s.reader.total == 0 and self.server.guard is not None and self._not_smtp(data):
             return
@@ -192,9 +172,6 @@ class SmtpConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        if self.ticket is not None:
-            self.server.guard.release(self.ticket)
-            self.ticket = None
         s = self.session
         if self.pending is not None:
             if s is not None and s.verdict_pending:
@@ -311,8 +288,8 @@ class SmtpConnection(asyncio.Protocol):
         raise TypeError(f"unknown request {req!r}")
 
     async def _handshake(self) -> Any:
-        """The server side of a TLS handshake on this connection (implicit TLS or STARTTLS), bounded by
-        the listener's ``tls.timeout``. TlsInfo, or None after closing the connection."""
+        """The server side of STARTTLS on this connection, bounded by the listener's ``tls.timeout``.
+        TlsInfo, or None after closing the connection."""
         ctxt = self.server._ssl_contexts.get(self.ctx.listener.id)
         if ctxt is None:
             return None
@@ -321,7 +298,8 @@ class SmtpConnection(asyncio.Protocol):
             transport = await loop.start_tls(self.transport, self, ctxt, server_side=True,
                                              ssl_handshake_timeout=self.ctx.listener.tls.timeout)
         except (OSError, asyncio.TimeoutError, ConnectionError, Exception) as exc:  # noqa: BLE001
-            log.info("TLS handshake failed from %s: %s", self._addresses()[0][0] or "?", type(exc).__name__)
+            log.info("STARTTLS handshake failed from %s: %s", self._addresses(local=False)[0][0] or "?",
+                     type(exc).__name__)
             self.closed = True
             try:
                 self.transport.abort()
@@ -387,7 +365,8 @@ class SmtpConnection(asyncio.Protocol):
         if self.session is None:           # still in its TLS handshake: nothing to say in cleartext
             if self.pending is not None:
                 self.pending.cancel()
-            self.transport.abort()
+            if self.transport is not None:
+                self.transport.abort()
             self.closed = True
             self.server._unregister(self)
             return

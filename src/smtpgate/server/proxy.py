@@ -8,13 +8,13 @@ A listener with ``proxy.trusted-networks`` is served by a :class:`ProxyServer` i
 * trusted peer (the load balancer): the socket must start with a valid v1 or v2 header within
   ``HEADER_TIMEOUT``; otherwise it is closed without a word (whatever we said would reach the proxy's
   client, who did nothing wrong; a proxy that sends no header is misconfigured). The header's addresses
-  become the session's remote and local address; then TLS (implicit listeners) and SMTP start, in
-  ``SmtpConnection`` as on any listener.
+  become the session's remote and local address (for the abuse guard's admission too); then TLS
+  (implicit listeners, counted from here as in ``tls_listener.py``) and SMTP start.
 
 Why the header is read from the bare socket, before any asyncio transport exists: a transport reads
 whatever has arrived, so it would also take the client's first bytes -- on an implicit-TLS listener its
-TLS ClientHello, which ``start_tls`` cannot be given back -- and uvloop starts reading right after
-``connection_made`` even when the protocol paused. Here the socket is peeked at (``MSG_PEEK``, at most
+TLS ClientHello, which a TLS layer started afterwards cannot be given back -- and uvloop starts reading
+right after ``connection_made`` even when the protocol paused. Here the socket is peeked at (``MSG_PEEK``, at most
 ``parser.want()`` bytes) and exactly the header's bytes are consumed, so ``connect_accepted_socket`` then
 hands the transport a socket positioned at the client's first byte. Public APIs only; asyncio and uvloop.
 """
@@ -31,6 +31,8 @@ from ..protocol.proxy import V1_MAX, ProxyError, ProxyParser
 from .connection import SmtpConnection
 
 if TYPE_CHECKING:
+    import ssl
+
     from ..session.context import ListenerContext
     from . import Server
 
@@ -56,16 +58,23 @@ class ProxiedConnection(SmtpConnection):
 
     def _addresses(self, local: bool = True) -> tuple[Any, Any]:
         peer, sock = super()._addresses(local)
-        return self.proxy_peer or peer, self.proxy_sock or sock
+        return self.proxy_peer or peer, (self.proxy_sock or sock) if local else sock
+
+    def local_end(self, guard: Any, sock: Any = None) -> tuple[str, int, bool]:
+        if self.proxy_sock is not None and guard.needs_local:
+            return self.proxy_sock[0], self.proxy_sock[1], self.ctx.listener.tls.implicit
+        return super().local_end(guard, sock)
 
 
 class ProxyServer:
     """One listening socket of a PROXY listener; quacks like the ``asyncio.Server`` the rest expects."""
 
-    def __init__(self, server: "Server", ctx: "ListenerContext", sock: socket.socket):
+    def __init__(self, server: "Server", ctx: "ListenerContext", sock: socket.socket,
+                 ssl_ctx: "ssl.SSLContext | None"):
         self.server = server
         self.ctx = ctx
         self.trusts: Callable[[str], bool] = ctx.listener.proxy.trusts
+        self.ssl_ctx = ssl_ctx                  # implicit TLS: the handshake follows the header
         self.sockets = [sock]
         self._sock = sock
         self._loop = asyncio.get_running_loop()
@@ -74,7 +83,8 @@ class ProxyServer:
         self._loop.add_reader(sock.fileno(), self._accept)
 
     @classmethod
-    async def create(cls, server: "Server", ctx: "ListenerContext", host: str, port: int) -> "ProxyServer":
+    async def create(cls, server: "Server", ctx: "ListenerContext", host: str, port: int,
+                     ssl_ctx: "ssl.SSLContext | None") -> "ProxyServer":
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         try:
@@ -87,7 +97,7 @@ class ProxyServer:
         except OSError:
             sock.close()
             raise
-        return cls(server, ctx, sock)
+        return cls(server, ctx, sock, ssl_ctx)
 
     # -- accepting -----------------------------------------------------------------------------------
     def _accept(self) -> None:
@@ -123,9 +133,12 @@ class ProxyServer:
                     conn.close()
                     return
                 src, dst = header.source, header.dest   # None (LOCAL, UNKNOWN): the socket's own addresses
-            # An implicit-TLS listener's connection starts the handshake itself (SmtpConnection).
-            await self._loop.connect_accepted_socket(
-                lambda: ProxiedConnection(self.server, self.ctx, src, dst), conn)
+            smtp = ProxiedConnection(self.server, self.ctx, src, dst)
+            if self.ssl_ctx is None:
+                # A plain listener's connection is admitted (guard, max-connections) in connection_made.
+                await self._loop.connect_accepted_socket(lambda: smtp, conn)
+            else:
+                await self._tls(smtp, conn, src or addr)
         except asyncio.CancelledError:
             conn.close()
             raise
@@ -133,6 +146,41 @@ class ProxyServer:
             log.info("connection from %s on %s failed before the session: %s", (src or addr)[0],
                      self.ctx.listener.id, type(exc).__name__)
             conn.close()
+
+    async def _tls(self, smtp: ProxiedConnection, conn: socket.socket, client: Any) -> None:
+        """Implicit TLS after the header, admitted and counted before the handshake as on any implicit
+        listener (server/tls_listener.py), but for the client the header named."""
+        server, guard = self.server, self.server.guard
+        if guard is not None:
+            smtp.ticket = guard.admit(client[0], self.ctx.listener.id, *smtp.local_end(guard, conn))
+            if smtp.ticket.refusal is not None:
+                server._unregister(smtp)                # gives the guard's slots back
+                conn.close()
+                return
+        if not server._register(smtp):
+            server._unregister(smtp)
+            conn.close()
+            return
+        smtp.registered = True
+        smtp.pending = asyncio.current_task()
+        try:
+            if smtp.ticket is not None and smtp.ticket.pending is not None:
+                if await guard.connect_rate(smtp.ticket) is not None:
+                    conn.close()
+                    server._unregister(smtp)
+                    return
+            await self._loop.connect_accepted_socket(lambda: smtp, conn, ssl=self.ssl_ctx,
+                                                     ssl_handshake_timeout=self.ctx.listener.tls.timeout)
+        except asyncio.CancelledError:
+            server._unregister(smtp)
+            raise
+        except Exception as exc:  # noqa: BLE001 - a client that cannot or will not handshake
+            log.info("TLS handshake failed from %s: %s", client[0], type(exc).__name__)
+            conn.close()
+            server._unregister(smtp)
+        finally:
+            if smtp.pending is asyncio.current_task():
+                smtp.pending = None
 
     # -- the asyncio.Server surface the Server uses ----------------------------------------------------
     def close(self) -> None:

@@ -21,10 +21,11 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+from dataclasses import replace
 from typing import TYPE_CHECKING, Generator
 
 from .. import sasl
-from ..lookup.base import AuthResult, Outcome
+from ..lookup.base import AuthResult, Credentials, Origin, Outcome
 from ..protocol import replies as R
 from ..protocol.reader import TOO_LONG
 from ..sasl.base import Challenge, Failure, NeedSecret, Success, Verify
@@ -94,7 +95,8 @@ def auth(s: "Session", arg: str) -> Generator | None:
     initial = parts[1] if len(parts) == 2 else None
     mech = sasl.create(name, hostname=s.ctx.hostname,
                        channel_binding=s.tls.channel_binding if s.tls is not None else None,
-                       plus_advertised=f"{name}-PLUS" in mechs and _usable(s, f"{name}-PLUS"))
+                       plus_advertised=f"{name}-PLUS" in mechs and _usable(s, f"{name}-PLUS"),
+                       scram_decoy=getattr(s.params.auth_lookup, "scram_decoy", None))
     if initial is not None and mech.server_first:
         s.reply(R.AUTH_NO_INITIAL)
         return None
@@ -203,7 +205,7 @@ def _dialogue(s: "Session", name: str, mech, initial: str | None, att: Attempt) 
             yield from att.ask(s, user, action.creds.secret)
             if att.refused:
                 return _Verdict(R.AUTH_INVALID, name, user, "invalid", reason=att.refused)
-            result = yield Authenticate(lookup, action.creds)
+            result = yield Authenticate(lookup, _with_origin(s, action.creds))
             if not isinstance(result, AuthResult):
                 result = AuthResult(Outcome.UNAVAILABLE, reason="lookup failed")
             if s.gone:
@@ -310,3 +312,9 @@ def _quote(text: str) -> str:
             out.append(f"\\x{ord(ch):02x}" if ord(ch) < 256 else f"\\u{ord(ch):04x}")
     out.append('"')
     return "".join(out)
+
+
+def _with_origin(s: "Session", creds: Credentials) -> Credentials:
+    """The client's and our address for the lookup (forwarded to Dovecot with IMAP ID)."""
+    v = s.vars
+    return replace(creds, origin=Origin(str(v.remote_ip), s.remote_port, str(v.local_ip), v.local_port))
