@@ -29,6 +29,24 @@ class _CliError(Exception):
     pass
 
 
+def register(subparsers: Any) -> None:
+    """Registration for ``smtpgate.cli``: the ``ban`` command, its verbs and the options locating the
+    configuration (before or after the verb)."""
+    from . import cli
+    ban = add_parser(subparsers)
+    cli.add_config_options(ban)
+    for action in ban._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for verb in action.choices.values():
+                cli.add_config_options(verb, suppress_defaults=True)
+    ban.set_defaults(run=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    from . import cli
+    return run(args, cli.load_settings)
+
+
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     ban = subparsers.add_parser("ban", help="list, add or lift bans (auto-ban)",
                                 description="List, add or lift bans in the configured abuse store.")
@@ -42,9 +60,6 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     add.add_argument("--reason", default="manual", help="recorded and logged with the ban")
     rm = sub.add_parser("del", help="lift a ban")
     rm.add_argument("address")
-    for p in (ban, lst, add, rm):
-        p.add_argument("--config", default=argparse.SUPPRESS, help="configuration naming the store")
-        p.add_argument("--data-dir", default=argparse.SUPPRESS, help="data directory of the embedded default")
     return ban
 
 
