@@ -63,12 +63,6 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     return ban
 
 
-def register(subparsers: Any) -> None:
-    """Registration for ``smtpgate.cli``: the ``ban`` command, its store located by --config/--data-dir."""
-    from . import cli
-    add_parser(subparsers).set_defaults(run=lambda args: run(args, cli.load_settings))
-
-
 def run(args: argparse.Namespace, load: Callable[[argparse.Namespace], Any]) -> int:
     """``load`` turns the --config/--data-dir options into settings (cli._load)."""
     settings = load(args)
