@@ -23,6 +23,9 @@ next hops -- next to the running one, and swaps it in only when every part of it
 5. The old generation's lookups are closed once no session of that generation remains (checked every
    second), so a session halfway through AUTH still has its store.
 
+Not rebuilt: the abuse guard (``server.guard``: connection admission, bans, their store), so bans and
+counters survive a reload and changes to its settings wait for a restart.
+
 With ``server.run-as`` the process no longer has root after startup: a reload can change everything
 except binding new ports below 1024 (use the systemd unit's ``AmbientCapabilities=CAP_NET_BIND_SERVICE``
 instead of run-as if listeners on such ports must come and go by reload).
@@ -241,6 +244,11 @@ async def _reload(server: Any, path: str) -> str | None:
     for ident, (ctx, ssl_ctx, servers, retire) in plan.items():
         server._servers[ident] = servers
         retired_servers += retire
+        for srv in servers:
+            if hasattr(srv, "trusts"):
+                # A PROXY listener's socket (server/proxy.py) hands its own context to the connections
+                # it accepts, and checks the trusted networks it was made with: give it the new ones.
+                srv.ctx, srv.trusts = ctx, ctx.listener.proxy.trusts
         if ssl_ctx is not None:
             server._ssl_contexts[ident] = ssl_ctx
         else:
@@ -284,7 +292,8 @@ async def _prepare_listeners(server: Any, settings: Any, lookups: dict, built: d
         # off needs other sockets (server/tls_listener.py accepts implicit-TLS connections itself).
         current = server._servers.get(ident, [])
         reusable: dict[tuple[str, int], Any] = {}
-        if old is not None and old.tls.implicit == listener.tls.implicit and len(current) == len(old.binds):
+        if (old is not None and old.tls.implicit == listener.tls.implicit and len(current) == len(old.binds)
+                and (getattr(old, "proxy", None) is None) == (getattr(listener, "proxy", None) is None)):
             reusable = dict(zip(old.binds, current))
         if listener.tls.implicit and reusable:
             # An implicit-TLS listening socket holds its SSLContext object: at the swap that object gets
