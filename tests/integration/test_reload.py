@@ -253,3 +253,45 @@ def test_old_lookups_closed_after_last_session(tmp_path: Path) -> None:
         while not calls and time.monotonic() < deadline:
             time.sleep(0.1)
         assert calls, "the previous generation's lookup was never closed"
+
+
+def test_reload_on_a_proxy_protocol_listener(tmp_path: Path) -> None:
+    """A PROXY listener keeps its socket across a reload and hands new connections the new settings."""
+    path = tmp_path / "smtpgate.toml"
+
+    def write(mechanisms: str) -> None:
+        path.write_text(f"""
+[server]
+hostname = "mx.test"
+[server.listener.submission]
+bind = "127.0.0.1:0"
+proxy.trusted-networks = ["127.0.0.1/32"]
+[session.auth]
+mechanisms = {mechanisms}
+lookup = "list/users"
+allow-plain-text = true
+[list]
+users = ["john@example.test:secret"]
+[queue]
+path = "{tmp_path}/spool"
+""")
+
+    def proxied_ehlo(port: int) -> str:
+        sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        sock.sendall(b"PROXY TCP4 192.0.2.7 198.51.100.1 40001 587\r\n")
+        c = Raw.__new__(Raw)              # the PROXY header goes first: no greeting read on connect
+        c.sock, c.buf = sock, b""
+        assert c.reply().startswith("220 mx.test")
+        reply = c.cmd("EHLO client.test")
+        c.close()
+        return reply
+
+    write('["plain", "login"]')
+    with run_server(path.read_text(), tmp_path) as srv:
+        port = srv.port("submission")
+        assert "AUTH PLAIN LOGIN" in proxied_ehlo(port)
+        write('["login"]')
+        assert reload(srv, path) is True
+        assert srv.port("submission") == port                 # the same socket
+        ehlo = proxied_ehlo(port)
+        assert "AUTH LOGIN" in ehlo and "PLAIN" not in ehlo, ehlo
