@@ -119,7 +119,8 @@ class SmtpConnection(asyncio.Protocol):
         s = self.session
         if self.pending is not None:
             if s is not None and s.verdict_pending:
-                pass      # the lookup runs to its verdict (bounded by its timeout and concurrency): _resume
+                # The lookup runs to its verdict (bounded by its timeout and concurrency): _resume.
+                self.server._await_verdict(self.pending)
             else:
                 self.pending.cancel()
             self.pending = None
