@@ -95,8 +95,9 @@ class SmtpConnection(asyncio.Protocol):
             self._abort()
             return
         if self.pending is None and not self.write_paused:
-            self._pump()
-        if not self.closed and s.buffered > MAX_BUFFERED and not self.reading_paused:
+            if self._pump():
+                return                              # all input taken (the common case)
+        if not self.closed and not self.reading_paused and s.buffered > MAX_BUFFERED:
             self.reading_paused = True
             self.transport.pause_reading()
 
@@ -137,8 +138,9 @@ class SmtpConnection(asyncio.Protocol):
             self._pump()
 
     # -- the pump ------------------------------------------------------------------------------------
-    def _pump(self, answer: Any = _NO_ANSWER) -> None:
-        """Run the session until it waits for input, asks for async work, or pauses."""
+    def _pump(self, answer: Any = _NO_ANSWER) -> bool:
+        """Run the session until it waits for input, asks for async work, or pauses. True when it waits
+        for input (everything received was taken in)."""
         s = self.session
         try:
             while True:
@@ -152,7 +154,7 @@ class SmtpConnection(asyncio.Protocol):
             log.exception("internal error in session")
             s.out.append(R.INTERNAL)
             self._abort()
-            return
+            return True
         self._flush()
         if req is None:
             if s.closing:
@@ -160,7 +162,8 @@ class SmtpConnection(asyncio.Protocol):
             elif self.reading_paused and s.buffered <= MAX_BUFFERED:
                 self.reading_paused = False
                 self.transport.resume_reading()
-        elif req is PAUSE:
+            return True
+        if req is PAUSE:
             # Give the loop back; carry on unless the client is not reading its replies (resume_writing).
             if not self.write_paused:
                 self.pending = asyncio.get_running_loop().call_soon(self._continue)
@@ -172,6 +175,7 @@ class SmtpConnection(asyncio.Protocol):
                 # it, and what data_received then gets is decrypted (the session dropped the cleartext).
                 self.transport.pause_reading()
             self.pending = asyncio.get_running_loop().create_task(self._serve(req))
+        return False
 
     def _continue(self) -> None:
         self.pending = None

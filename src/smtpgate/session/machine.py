@@ -185,7 +185,7 @@ _NOTHING = object()             # no framed input available yet
 class Session:
     __slots__ = ("ctx", "out", "vars", "params", "remote_port", "state", "tls", "helo", "esmtp",
                  "auth_account", "auth_addresses", "auth_failures", "errors", "auth_mechanism", "mail_from",
-                 "mail_params", "auth_param", "rcpts", "messages", "reader", "eof", "_handler", "_awaiting_input",
+                 "mail_params", "auth_param", "rcpts", "messages", "reader", "eof", "_handler", "_awaiting_input", "closing",
                  "gone", "_request", "started", "_last_input", "_line_started", "_consumed_mark", "_data_started", "_data_mark",
                  "__weakref__")
 
@@ -196,6 +196,7 @@ class Session:
         self.vars = SessionVariables(ctx.listener.id, _ip(remote_ip), _ip(local_ip), local_port, tls is not None)
         self.remote_port = remote_port
         self.state = State.CONNECTED
+        self.closing = False                       # state is CLOSED (a plain attribute: read per command)
         self.tls = tls
         self.auth_failures = 0
         self.errors = 0                            # bad commands so far (session.errors.total)
@@ -225,11 +226,8 @@ class Session:
     def close(self, data: bytes | None = None) -> None:
         if data:
             self.out.append(data)
-        self.transition(Event.CLOSE)
-
-    @property
-    def closing(self) -> bool:
-        return self.state is State.CLOSED
+        self.state = TRANSITIONS[(self.state, Event.CLOSE)]
+        self.closing = True
 
     @property
     def framing(self) -> Framing:
@@ -273,7 +271,7 @@ class Session:
         self.helo = domain
         self.esmtp = esmtp
         self.vars.helo_domain = domain.lower()
-        self.transition(Event.HELLO)
+        self.state = TRANSITIONS[(self.state, Event.HELLO)]
 
     def mail_accepted(self, sender: Address, params: dict[str, str | None], auth_param: str | None) -> None:
         self.mail_from = sender
@@ -293,11 +291,11 @@ class Session:
 
     def auth_started(self) -> None:
         """An AUTH exchange begins: from here the input is SASL response lines."""
-        self.transition(Event.AUTH)
+        self.state = TRANSITIONS[(self.state, Event.AUTH)]
 
     def auth_ended(self) -> None:
         if self.state is State.AUTH:          # not when the exchange closed the session
-            self.transition(Event.AUTH_DONE)
+            self.state = TRANSITIONS[(State.AUTH, Event.AUTH_DONE)]
 
     def tls_established(self, info: TlsInfo) -> None:
         """RFC 3207 §4.2: after the handshake the session starts afresh (the failure count survives)."""
@@ -420,9 +418,10 @@ class Session:
         while True:
             if gen is None:
                 self._handler = None
-                if self.errors >= self.params.errors_total and self.state is not State.CLOSED:
+                if self.closing:
+                    return None
+                if self.errors >= self.params.errors_total:
                     self.close(R.TOO_MANY_ERRORS)   # like Postfix's hard error limit: no more parsing
-                if self.state is State.CLOSED:
                     return None
                 if budget == 0:
                     return PAUSE
