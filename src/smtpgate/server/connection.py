@@ -24,7 +24,7 @@ from ..executor import run_sync
 from ..lookup.base import AuthResult, LookupUnavailable, Outcome
 from ..protocol import replies as R
 from ..session.context import ListenerContext
-from ..session.machine import Session
+from ..session.machine import NO_ANSWER, Session
 from ..session.requests import (PAUSE, UNAVAILABLE, Authenticate, Compute, Contains, Deliver, GetSecret, Sleep,
                                 StartTls)
 from .tls import tls_info
@@ -38,7 +38,6 @@ log = logging.getLogger("smtpgate.server")
 #: unparsed input beyond which the socket is not read: what a client that never reads can make us hold.
 OUTPUT_HIGH_WATER = 64 * 1024
 MAX_BUFFERED = 64 * 1024
-_NO_ANSWER = object()
 
 
 class SmtpConnection(asyncio.Protocol):
@@ -138,13 +137,13 @@ class SmtpConnection(asyncio.Protocol):
             self._pump()
 
     # -- the pump ------------------------------------------------------------------------------------
-    def _pump(self, answer: Any = _NO_ANSWER) -> bool:
+    def _pump(self, answer: Any = NO_ANSWER) -> bool:
         """Run the session until it waits for input, asks for async work, or pauses. True when it waits
         for input (everything received was taken in)."""
         s = self.session
         try:
             while True:
-                req = s.advance() if answer is _NO_ANSWER else s.resume(answer)
+                req = s.advance(answer)
                 if req is None or req is PAUSE:
                     break
                 answer = _answer_now(req)

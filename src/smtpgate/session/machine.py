@@ -179,7 +179,8 @@ COMMANDS: dict[str, Command] = {
 }
 
 _LINE_LIMITS = {"AUTH": SASL_LINE_LIMIT, "MAIL": MAIL_LINE_LIMIT, "RCPT": MAIL_LINE_LIMIT}
-_NOTHING = object()             # no framed input available yet
+_NOTHING = object()             # no framed input available yet; advance() without an answer
+NO_ANSWER = _NOTHING
 
 
 class Session:
@@ -368,51 +369,33 @@ class Session:
         return self._handler is not None and not self._awaiting_input
 
     # -- the pump ------------------------------------------------------------------------------------
-    def advance(self) -> Any:
-        """Run on the input buffered so far; see the theory of operation for what comes back."""
+    def advance(self, answer: Any = _NOTHING) -> Any:
+        """Run on the input buffered so far -- or, given ``answer``, first hand it to the stage whose
+        request it answers (what :meth:`resume` does). See the theory of operation for what comes back.
+        One method, because it runs for every chunk a client sends."""
         gen = self._handler
-        if gen is None:
-            return self._run(None, None)
-        if not self._awaiting_input:
-            return None                                     # a request is in flight; its answer resumes us
-        answer = self._read_framed()
         if answer is _NOTHING:
-            self._note_partial_line()
-            return None
-        self._awaiting_input = False
-        return self._run(gen, answer)
-
-    @property
-    def verdict_pending(self) -> bool:
-        """The client's credentials are with a lookup: its verdict must still be heard (abandon)."""
-        return type(self._request) is Authenticate
-
-    def abandon(self) -> None:
-        """The connection is gone. The stage in progress is dropped (its ``finally`` blocks run) -- unless
-        a lookup is judging credentials the client sent: then the transport lets it finish and hands its
-        verdict to :meth:`resume` once more, so the attempt is recorded (``result=abandoned``)."""
-        self.gone = True
-        if self.verdict_pending:
-            return
-        gen, self._handler = self._handler, None
-        if gen is not None:
-            gen.close()
-
-    def resume(self, answer: Any) -> Any:
-        """Hand back the answer to the request ``advance``/``resume`` returned, and run on."""
-        self._request = None
-        if self.gone:
-            gen, self._handler = self._handler, None
             if gen is not None:
-                try:
-                    gen.send(answer)              # the stage records the outcome; nothing more is done
-                except StopIteration:
-                    pass
-                gen.close()
-            return None
-        return self._run(self._handler, answer)
-
-    def _run(self, gen: Generator | None, answer: Any) -> Any:
+                if not self._awaiting_input:
+                    return None                     # a request is in flight; its answer resumes us
+                answer = self._read_framed()
+                if answer is _NOTHING:
+                    self._note_partial_line()
+                    return None
+                self._awaiting_input = False
+            else:
+                answer = None
+        else:
+            self._request = None
+            if self.gone:
+                self._handler = None
+                if gen is not None:
+                    try:
+                        gen.send(answer)            # the stage records the outcome; nothing more is done
+                    except StopIteration:
+                        pass
+                    gen.close()
+                return None
         reader = self.reader
         budget = COMMAND_BATCH
         while True:
@@ -458,6 +441,26 @@ class Session:
             self._handler = gen
             self._request = req
             return req
+
+    def resume(self, answer: Any) -> Any:
+        """Hand back the answer to the request ``advance``/``resume`` returned, and run on."""
+        return self.advance(answer)
+
+    @property
+    def verdict_pending(self) -> bool:
+        """The client's credentials are with a lookup: its verdict must still be heard (abandon)."""
+        return type(self._request) is Authenticate
+
+    def abandon(self) -> None:
+        """The connection is gone. The stage in progress is dropped (its ``finally`` blocks run) -- unless
+        a lookup is judging credentials the client sent: then the transport lets it finish and hands its
+        verdict to :meth:`resume` once more, so the attempt is recorded (``result=abandoned``)."""
+        self.gone = True
+        if self.verdict_pending:
+            return
+        gen, self._handler = self._handler, None
+        if gen is not None:
+            gen.close()
 
     def _read_framed(self) -> Any:
         """The input a stage waits for, cut as the state says; None at EOF, _NOTHING if incomplete."""
