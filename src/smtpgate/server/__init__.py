@@ -129,8 +129,10 @@ class Server:
         # Verdicts of abandoned AUTH attempts still being judged: a moment to be recorded, then dropped.
         if self._verdicts:
             await asyncio.wait(list(self._verdicts), timeout=max(0.1, deadline - time.monotonic()))
-            for task in list(self._verdicts):
+            late = list(self._verdicts)
+            for task in late:
                 task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)   # done before the lookups close
         for servers in self._servers.values():
             for srv in servers:
                 try:
@@ -193,7 +195,11 @@ class Server:
         return True
 
     def _await_verdict(self, task: asyncio.Task) -> None:
-        """A lookup that goes on after its client left (SmtpConnection.connection_lost)."""
+        """A lookup that goes on after its client left (SmtpConnection.connection_lost) -- not while
+        stopping: then it is cancelled like any other request, before the lookups close."""
+        if self._stopping:
+            task.cancel()
+            return
         self._verdicts.add(task)
         task.add_done_callback(self._verdicts.discard)
 
