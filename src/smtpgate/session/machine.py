@@ -5,19 +5,22 @@ Theory of operation
 A :class:`Session` is the whole protocol of one client connection, without sockets, clocks or asyncio.
 The transport (``server/connection.py``) gives it bytes and performs what it asks for::
 
-    session.receive_data(data)           # bytes from the socket (False: transfer limit hit, close)
+    session.receive_data(data, now)      # bytes from the socket (False: transfer limit hit, close)
     request = session.advance()          # run on what is buffered
     ...                                  # send ``session.out``; perform ``request`` if there is one
     request = session.resume(answer)     # ... and hand the answer back, until advance/resume give None
+    session.deadline_reply(now)          # the sweeper: 421 if session.timeout/.duration has passed
+    session.abandon()                    # the connection is gone
 
-``advance``/``resume`` return ``None`` (wait for more input -- or the session is over: ``closed``),
+``advance``/``resume`` return ``None`` (wait for more input -- or the session is over: ``closing``),
 :data:`~.requests.PAUSE` (a bounded batch of pipelined commands was answered: give the loop back and call
 ``advance`` again soon), or a request from :mod:`.requests` for the outside world (a lookup, a delay, a
 TLS handshake, a delivery, CPU work).
 
 **State.** The session is always in one :class:`State`. :data:`TRANSITIONS` is the only place that says
-which :class:`Event` moves it where; the stage modules report events (``s.transition(Event.MAIL)``) and
-never assign states. **Framing** follows from the state alone (:data:`FRAMING`): command lines in the
+which :class:`Event` moves it where; the stage modules report what happened through the session's
+methods (``s.mail_accepted(...)``, ``s.data_started()``...), each one event of the table, and never assign
+states. **Framing** follows from the state alone (:data:`FRAMING`): command lines in the
 command states, SASL response lines in ``AUTH``, the message body in ``DATA``. The line reader
 (``protocol.reader``) belongs to the session, so the transport never decides how input is cut.
 
