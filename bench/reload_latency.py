@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.fixtures.certs import make_pki  # noqa: E402
 from tests.fixtures.server import run_server  # noqa: E402
-from tests.integration.test_reload import config, finish_session, open_session  # noqa: E402
+from tests.fixtures.reload import config, finish_session, open_session  # noqa: E402
 from tests.smtpclient import Raw  # noqa: E402
 
 

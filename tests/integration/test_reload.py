@@ -4,7 +4,6 @@ and the previous generation's lookups are closed once its last session has ended
 from __future__ import annotations
 
 import asyncio
-import base64
 import hashlib
 import socket
 import ssl
@@ -15,87 +14,9 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures.certs import make_pki
+from tests.fixtures.reload import PLAIN, config, fingerprint, finish_session, open_session
 from tests.fixtures.server import run_server
-from tests.smtpclient import Raw, client_tls
-
-PLAIN = base64.b64encode(b"\0john@example.test\0secret").decode()
-
-
-def config(pki, tmp: Path, mechanisms: str = '["plain", "login"]', extra_listener: bool = False,
-           implicit: bool = True) -> str:
-    text = f"""
-[server]
-hostname = "mx.test"
-
-[server.tls]
-enable = true
-certificate = "default"
-
-[certificate.default]
-cert = "file://{pki.cert}"
-private-key = "file://{pki.key}"
-
-[queue]
-path = "{tmp}/spool"
-
-[server.listener.submission]
-bind = ["127.0.0.1:0"]
-"""
-    if implicit:
-        text += """
-[server.listener.submissions]
-bind = ["127.0.0.1:0"]
-tls.implicit = true
-"""
-    if extra_listener:
-        text += """
-[server.listener.extra]
-bind = ["127.0.0.1:0"]
-"""
-    text += f"""
-[session.auth]
-mechanisms = [ {{ if = "tls", eq = true, then = {mechanisms} }}, {{ else = [] }} ]
-lookup = "list/users"
-require = true
-[session.auth.errors]
-wait = "1ms"
-
-[session.rcpt.lookup]
-domains = "list/domains"
-
-[list]
-users = ["john@example.test:secret"]
-domains = ["example.test"]
-"""
-    return text
-
-
-def fingerprint(sock: ssl.SSLSocket) -> str:
-    return hashlib.sha256(sock.getpeercert(binary_form=True)).hexdigest()
-
-
-def open_session(port: int, implicit: bool) -> tuple[Raw, str]:
-    """Greeting, EHLO, (STARTTLS, EHLO): a session in progress, not yet authenticated."""
-    ctx = client_tls()
-    c = Raw(port, tls=ctx if implicit else None)
-    assert c.greeting.startswith("220")
-    ehlo = c.cmd("EHLO client.test")
-    if not implicit:
-        assert "STARTTLS" in ehlo
-        assert c.cmd("STARTTLS").startswith("220")
-        c.starttls(ctx)
-        ehlo = c.cmd("EHLO client.test")
-    return c, ehlo
-
-
-def finish_session(c: Raw) -> list[str]:
-    replies = [c.cmd(f"AUTH PLAIN {PLAIN}"), c.cmd("MAIL FROM:<john@example.test>"),
-               c.cmd("RCPT TO:<jane@example.test>"), c.cmd("DATA")]
-    replies.append(c.cmd("Subject: reload\r\n\r\nhello\r\n."))
-    replies.append(c.cmd("QUIT"))
-    c.close()
-    return replies
-
+from tests.smtpclient import Raw
 
 def reload(srv, path: Path) -> bool:
     return srv.call(srv.server.reload(str(path)))
