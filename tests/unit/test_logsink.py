@@ -41,6 +41,9 @@ def test_failed_start_keeps_only_warnings():
 
 
 def test_writer_is_a_daemon_thread():
+    import threading
+    before = set(threading.enumerate())
     h = BatchingHandler(io.StringIO())
-    assert h._thread.daemon
+    started = [t for t in threading.enumerate() if t not in before]
+    assert [t.name for t in started] == ["smtpgate-log"] and started[0].daemon
     h.close()
