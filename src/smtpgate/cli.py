@@ -24,7 +24,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", help="TOML configuration (default: the embedded quickstart setup)")
     serve.add_argument("--data-dir", default=os.environ.get("SMTPGATE_DATA", defaults.DEFAULT_DATA_DIR),
                        help="where the embedded default keeps its certificate, users and spool")
-    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.add_argument("--log-level", default=None, choices=["debug", "info", "warning", "error"],
+                       help="default: server.log.level, else info")
     check = sub.add_parser("check-config", help="validate a configuration and exit")
     check.add_argument("--config", required=True)
     try:
@@ -96,9 +97,21 @@ def _setup_logging(level: str) -> None:
     root.setLevel(level)
 
 
+def _apply_log_settings(settings, cli_level: str | None) -> None:
+    """server.log.* (format, output, level): see observe/logsetup.py."""
+    from .observe import logsetup
+    try:
+        logsetup.apply(settings.observe.log, cli_level)
+    except OSError as exc:
+        raise ConfigError("server.log.syslog.socket", f"cannot reach {settings.observe.log.syslog_socket}: "
+                                                      f"{exc.strerror or exc}") from None
+    atexit.register(logsetup.stop)
+
+
 def _serve(args: argparse.Namespace) -> int:
-    _setup_logging(args.log_level.upper())
+    _setup_logging((args.log_level or "info").upper())
     settings = _load(args)
+    _apply_log_settings(settings, args.log_level)
     try:
         import uvloop  # optional: a faster event loop when installed
         runner = uvloop.run

@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from .observe import ObserveSettings
+
 
 class Expr:
     """A compiled setting: either a constant or an if-block (first matching rule wins).
@@ -148,3 +150,4 @@ class Settings:
     next_hop: Expr                                  # queue.outbound.next-hop (lookup name or None)
     shutdown_grace: float = 30.0                    # server.shutdown-grace
     source: str = ""                                # where the config came from (for logs)
+    observe: ObserveSettings = field(default_factory=ObserveSettings)  # server.management.*, server.log.*

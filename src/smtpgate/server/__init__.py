@@ -24,6 +24,7 @@ from ..config.model import Settings
 from ..delivery.base import Delivery, RcptResult
 from ..lookup import registry
 from ..lookup.base import Lookup
+from ..observe.observer import Observer
 from ..session.machine import Deliver, ListenerContext
 from .connection import SmtpConnection
 from .tls import server_context
@@ -47,6 +48,7 @@ class Server:
         self._sweeper: asyncio.Task | None = None
         self._stopping = False
         self._stopped = asyncio.Event()
+        self.observer = Observer(self)          # metrics, log events, the management (http) listener
 
     # -- life cycle ----------------------------------------------------------------------------------
     async def start(self) -> "Server":
@@ -67,11 +69,14 @@ class Server:
                 self._next_hops[f"remote/{ident}"] = NextHop(remote, s.hostname)
         loop = asyncio.get_running_loop()
         for ident, listener in s.listeners.items():
+            if listener.protocol == "http":
+                continue                        # the management listener: observe/, started below
             ssl_ctx = None
             if listener.tls.enable:
                 ssl_ctx = server_context(s.certificates[listener.tls.certificate], listener.tls)
                 self._ssl_contexts[ident] = ssl_ctx
             ctx = ListenerContext(s, listener, self.lookups, starttls_available=ssl_ctx is not None)
+            ctx.events = self.observer.listener(ident)
             servers = []
             for host, port in listener.binds:
                 family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -90,6 +95,7 @@ class Server:
                 host, port = socks[0].getsockname()[:2]
                 if host not in ("0.0.0.0", "::"):
                     ctx.local_addr = (host, port)
+        self._servers.update(await self.observer.start())
         self._sweeper = loop.create_task(self._sweep())
         return self
 
@@ -108,6 +114,7 @@ class Server:
             await asyncio.sleep(0.05)
         for conn in list(self._connections):
             conn.shutdown()
+        await self.observer.stop()
         for servers in self._servers.values():
             for srv in servers:
                 try:

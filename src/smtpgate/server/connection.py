@@ -63,6 +63,7 @@ class SmtpConnection(asyncio.Protocol):
         sock = self.ctx.local_addr or transport.get_extra_info("sockname") or ("", 0)
         info = tls_info(transport.get_extra_info("ssl_object")) if self.ctx.listener.tls.implicit else None
         if not self.server._register(self):
+            self.ctx.events.connection_refused("max-connections", peer[0], peer[1])
             transport.write(R.TOO_MANY_CONNECTIONS)
             transport.close()
             self.closed = True
@@ -124,6 +125,8 @@ class SmtpConnection(asyncio.Protocol):
         if self.gen is not None:
             self.gen.close()
             self.gen = None
+        if self.session is not None:
+            self.session.events.closed()
         self.server._unregister(self)
 
     def pause_writing(self) -> None:
@@ -160,13 +163,18 @@ class SmtpConnection(asyncio.Protocol):
                             self.reading_paused = False
                             self.transport.resume_reading()
                         return
+                    ev = s.events
+                    ev.command(line)
                     self.gen = s.handle(line, reader.too_long_head if line is TOO_LONG else b"")
+                    if self.gen is None:
+                        ev.answered(s.out)
                     value = None
                     continue
                 try:
                     req = gen.send(value)
                 except StopIteration:
                     self.gen = None
+                    s.events.answered(s.out)
                     continue
                 value = None
                 kind = type(req)
@@ -202,7 +210,7 @@ class SmtpConnection(asyncio.Protocol):
                     self.handle = asyncio.get_running_loop().call_later(req.seconds, self._resume, None)
                     return
                 else:
-                    now = _answer_now(req)
+                    now = _answer_now(req, self.server.observer)
                     if now is not _LATER:
                         value = now
                         continue
@@ -233,6 +241,24 @@ class SmtpConnection(asyncio.Protocol):
 
     async def _perform(self, req: Any) -> Any:
         kind = type(req)
+        if kind is Authenticate or kind is GetSecret or kind is Contains:
+            observer = self.server.observer
+            started = time.monotonic() if observer.enabled else 0.0
+            answer = await self._lookup(req, kind)
+            if observer.enabled:
+                observer.lookup_answered(req.lookup.name, _outcome(answer), time.monotonic() - started)
+            return answer
+        if kind is Compute:
+            return await run_sync(req.fn, *req.args)
+        if kind is StartTls:
+            return await self._starttls()
+        if kind is Deliver:
+            results = await self.server._deliver(req)
+            self.session.events.delivered(req.envelope, req.next_hop, results)
+            return results
+        raise TypeError(f"unknown request {req!r}")
+
+    async def _lookup(self, req: Any, kind: type) -> Any:
         if kind is Authenticate:
             try:
                 async with asyncio.timeout(_bound(req.lookup)):
@@ -241,25 +267,17 @@ class SmtpConnection(asyncio.Protocol):
                 reason = "timeout" if isinstance(exc, TimeoutError) else type(exc).__name__
                 log.warning("lookup %s failed: %s", req.lookup.name, reason)
                 return AuthResult(Outcome.UNAVAILABLE, reason=reason)
-        if kind is GetSecret or kind is Contains:
-            try:
-                async with asyncio.timeout(_bound(req.lookup)):
-                    if kind is GetSecret:
-                        return await req.lookup.get_secret(req.username)
-                    return await req.lookup.contains(req.key)
-            except LookupUnavailable as exc:
-                log.warning("lookup %s unavailable: %s", req.lookup.name, exc)
-                return UNAVAILABLE
-            except (TimeoutError, Exception) as exc:  # noqa: BLE001
-                log.warning("lookup %s failed: %s", req.lookup.name, type(exc).__name__)
-                return UNAVAILABLE
-        if kind is Compute:
-            return await run_sync(req.fn, *req.args)
-        if kind is StartTls:
-            return await self._starttls()
-        if kind is Deliver:
-            return await self.server._deliver(req)
-        raise TypeError(f"unknown request {req!r}")
+        try:
+            async with asyncio.timeout(_bound(req.lookup)):
+                if kind is GetSecret:
+                    return await req.lookup.get_secret(req.username)
+                return await req.lookup.contains(req.key)
+        except LookupUnavailable as exc:
+            log.warning("lookup %s unavailable: %s", req.lookup.name, exc)
+            return UNAVAILABLE
+        except (TimeoutError, Exception) as exc:  # noqa: BLE001
+            log.warning("lookup %s failed: %s", req.lookup.name, type(exc).__name__)
+            return UNAVAILABLE
 
     async def _starttls(self) -> Any:
         ctxt = self.server._ssl_contexts.get(self.ctx.listener.id)
@@ -271,6 +289,7 @@ class SmtpConnection(asyncio.Protocol):
                                              ssl_handshake_timeout=self.ctx.listener.tls.timeout)
         except (OSError, asyncio.TimeoutError, ConnectionError, Exception) as exc:  # noqa: BLE001
             log.info("STARTTLS handshake failed from %s: %s", self.session.vars.remote_ip, type(exc).__name__)
+            self.session.events.starttls(None)
             self.closed = True
             try:
                 self.transport.abort()
@@ -281,12 +300,16 @@ class SmtpConnection(asyncio.Protocol):
         # layer may have handed them to data_received before this coroutine resumed.
         self.transport = transport
         self.reading_paused = False
-        return tls_info(transport.get_extra_info("ssl_object"))
+        info = tls_info(transport.get_extra_info("ssl_object"))
+        self.session.events.starttls(info)
+        return info
 
     # -- output --------------------------------------------------------------------------------------
     def _flush(self) -> None:
         out = self.session.out
         if out:
+            if self.session.events.debug:
+                self.session.events.sent(out)
             self.transport.write(b"".join(out) if len(out) > 1 else out[0])
             out.clear()
 
@@ -301,6 +324,8 @@ class SmtpConnection(asyncio.Protocol):
     def _close(self) -> None:
         self.transport.close()
         self.closed = True
+        if self.session is not None:
+            self.session.events.closed()
         # The session is over now. A TLS transport may linger until the peer answers close_notify (or
         # the shutdown timeout passes); that must neither hold a max-connections slot nor delay a stop.
         self.server._unregister(self)
@@ -324,19 +349,28 @@ class SmtpConnection(asyncio.Protocol):
 _LATER = object()
 
 
-def _answer_now(req: Any) -> Any:
+def _answer_now(req: Any, observer: Any) -> Any:
     """A lookup's synchronous answer when it has one (in-memory list, cache hit), else _LATER."""
     kind = type(req)
     try:
         if kind is Authenticate:
             result = req.lookup.authenticate_now(req.creds)
-            return _LATER if result is None else result
+            if result is None:
+                return _LATER
+            _count_now(observer, req, result)
+            return result
         if kind is Contains:
             result = req.lookup.contains_now(req.key)
-            return _LATER if result is None else result
+            if result is None:
+                return _LATER
+            _count_now(observer, req, result)
+            return result
         if kind is GetSecret:
             result = req.lookup.get_secret_now(req.username)
-            return _LATER if result is None else result[0]
+            if result is None:
+                return _LATER
+            _count_now(observer, req, result[0])
+            return result[0]
     except Exception:  # noqa: BLE001 - a failing fast path falls back to the ordinary one
         log.exception("fast path of %s failed", getattr(req.lookup, "name", "?"))
     return _LATER
@@ -345,3 +379,19 @@ def _answer_now(req: Any) -> Any:
 def _bound(lookup: Any) -> float:
     # Each lookup bounds its own operations; this outer bound only guards against one that forgets.
     return float(getattr(lookup, "timeout", 30.0)) + 5.0
+
+
+def _outcome(answer: Any) -> str:
+    """A lookup answer as a metric outcome: positive (valid / found / member), negative, unavailable."""
+    if answer is UNAVAILABLE:
+        return "unavailable"
+    if isinstance(answer, AuthResult):
+        return "positive" if answer.outcome is Outcome.VALID else \
+            "unavailable" if answer.outcome is Outcome.UNAVAILABLE else "negative"
+    return "positive" if answer else "negative"
+
+
+def _count_now(observer: Any, req: Any, answer: Any) -> None:
+    """Answers at hand (in-memory lists, cache hits) are counted, not timed."""
+    if observer.enabled:
+        observer.lookup_answered(req.lookup.name, _outcome(answer))

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import logging
 from typing import TYPE_CHECKING, Generator
 
 from .. import sasl
@@ -30,8 +29,6 @@ from .machine import UNAVAILABLE, Authenticate, Compute, GetSecret, ReadLine, Sl
 
 if TYPE_CHECKING:
     from .machine import Session
-
-log = logging.getLogger("smtpgate.auth")
 
 # RFC 4954 §4 sizes the authentication buffer at 12 288 octets of response (the base64 text, as Postfix's
 # smtpd_sasl_response_limit counts it); the reader's limits include the CRLF, hence the + 2.
@@ -239,24 +236,4 @@ def _fail(s: "Session", reply: bytes, name: str, user: str, result: str, counted
 
 
 def _log(s: "Session", mech: str, user: str, result: str, reason: str = "") -> None:
-    if not log.isEnabledFor(logging.INFO):
-        return
-    extra = f" reason={_quote(reason)}" if reason else ""
-    log.info("auth listener=%s remote=%s port=%d mechanism=%s user=%s result=%s failures=%d%s",
-             s.ctx.listener.id, s.vars.remote_ip, s.remote_port, mech, _quote(user), result,
-             s.auth_failures, extra)
-
-
-def _quote(text: str) -> str:
-    """Quoted, escaped and bounded, so a hostile username cannot forge log fields or lines."""
-    text = text[:256]
-    out = ['"']
-    for ch in text:
-        if ch in '"\\':
-            out.append("\\" + ch)
-        elif " " <= ch <= "~":
-            out.append(ch)
-        else:
-            out.append(f"\\x{ord(ch):02x}" if ord(ch) < 256 else f"\\u{ord(ch):04x}")
-    out.append('"')
-    return "".join(out)
+    s.events.auth(mech, user, result, s.auth_failures, reason)   # the "auth ..." line and its metrics

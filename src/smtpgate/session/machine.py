@@ -128,12 +128,14 @@ class ListenerContext:
         self.ehlo_cache: dict[tuple, bytes] = {}       # see ehlo.capabilities
         from . import connect
         self.shared_params = connect.shared(self)
+        from ..observe.events import default_listener_events
+        self.events = default_listener_events(listener.id)   # the server replaces it with a counting one
 
 
 class Session:
     __slots__ = ("ctx", "out", "vars", "params", "remote_port", "closing", "tls", "helo", "esmtp",
                  "auth_account", "auth_addresses", "auth_failures", "auth_mechanism", "mail_from",
-                 "mail_params", "auth_param", "rcpts", "messages", "__weakref__")
+                 "mail_params", "auth_param", "rcpts", "messages", "events", "__weakref__")
 
     def __init__(self, ctx: ListenerContext, remote_ip: str, remote_port: int, local_ip: str, local_port: int,
                  tls: TlsInfo | None = None):
@@ -146,6 +148,7 @@ class Session:
         self.tls = tls
         self.auth_failures = 0
         self.messages = 0
+        self.events = ctx.events.open(ip if ip is not None else remote_ip, remote_port, tls)   # observe.events.SessionEvents
         self._reset_state()
         from . import connect
         connect.evaluate(self)

@@ -1,0 +1,88 @@
+"""``server.log.*``: text or JSON lines, to stderr (systemd's journal) or to syslog.
+
+``smtpgate serve`` first logs to stderr as text (so a configuration error is visible), then, once the
+configuration is loaded, :func:`apply` switches to what it asks for. Either way the event loop only
+appends records to a queue: stderr output keeps ``logsink.BatchingHandler``'s writer thread, syslog
+output gets a ``QueueListener`` thread in front of the standard ``SysLogHandler`` (one datagram per
+line, the record's level as syslog severity, ``smtpgate[pid]:`` as tag). Formatting happens in those
+threads.
+
+JSON lines carry ``time`` (UTC, ISO 8601), ``level``, ``logger`` and either ``event`` plus the event's
+fields (connect, auth, reject, message, disconnect, smtp: see ``observe.events``) or ``message``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import logging.handlers
+import os
+import queue
+import time
+from typing import Any
+
+from .events import Event
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        out: dict[str, Any] = {"time": f"{stamp}.{int(record.msecs):03d}Z", "level": record.levelname,
+                               "logger": record.name}
+        msg = record.msg
+        if isinstance(msg, Event) and not record.args:
+            out["event"] = msg.name
+            for key, value in msg.fields:
+                out[key] = round(value, 6) if isinstance(value, float) else value if value is None or \
+                    isinstance(value, (int, bool)) else str(value)
+        else:
+            out["message"] = record.getMessage()
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        return json.dumps(out, separators=(",", ":"))
+
+
+class _Enqueue(logging.handlers.QueueHandler):
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        return record            # same process: the writer thread formats it, not the event loop
+
+
+_listener: logging.handlers.QueueListener | None = None
+
+
+def syslog_handler(socket_path: str, facility: str, fmt: logging.Formatter) -> logging.Handler:
+    """Raises OSError when the syslog socket cannot be reached."""
+    global _listener
+    target = logging.handlers.SysLogHandler(address=socket_path,
+                                            facility=logging.handlers.SysLogHandler.facility_names[facility])
+    target.ident = f"smtpgate[{os.getpid()}]: "
+    target.setFormatter(fmt)
+    q: queue.SimpleQueue = queue.SimpleQueue()
+    if _listener is not None:
+        _listener.stop()
+    _listener = logging.handlers.QueueListener(q, target, respect_handler_level=False)
+    _listener.start()
+    return _Enqueue(q)
+
+
+def apply(log: Any, cli_level: str | None = None) -> None:
+    """Configure the root logger from ``settings.observe.log``; ``cli_level`` (--log-level) wins."""
+    root = logging.getLogger()
+    root.setLevel((cli_level or log.level or "info").upper())
+    if log.output == "syslog":
+        fmt = JsonFormatter() if log.format == "json" else logging.Formatter("%(levelname)s %(name)s: %(message)s")
+        handler = syslog_handler(log.syslog_socket, log.syslog_facility, fmt)
+        old = list(root.handlers)
+        root.handlers[:] = [handler]
+        for h in old:
+            h.close()
+    elif log.format == "json":
+        for handler in root.handlers:
+            handler.setFormatter(JsonFormatter())
+
+
+def stop() -> None:
+    """Flush the syslog writer thread (at exit)."""
+    global _listener
+    if _listener is not None:
+        _listener.stop()
+        _listener = None
