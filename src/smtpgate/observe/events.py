@@ -215,7 +215,7 @@ class ListenerEvents:
 
 class SessionEvents:
     """One session's observer: its id, its command tally, and the calls the transport and stages make."""
-    __slots__ = ("le", "sid", "started", "remote", "port", "tally", "verb", "verb_started", "debug", "done")
+    __slots__ = ("le", "sid", "started", "remote", "port", "tally", "verb", "verb_started", "debug", "done", "tls_ok")
 
     def __init__(self, le: ListenerEvents, remote: str, port: int):
         self.le = le
@@ -228,6 +228,7 @@ class SessionEvents:
         self.verb_started = 0.0
         self.debug = log_dialogue.isEnabledFor(DEBUG)
         self.done = False
+        self.tls_ok = False
 
     # -- commands (transport) --------------------------------------------------------------------------
     def command(self, line: Any) -> None:
@@ -242,8 +243,9 @@ class SessionEvents:
     def answered(self, out: list[bytes]) -> None:
         """The command dispatched last has finished; ``out`` ends with its final reply (if any)."""
         last = out[-1] if out else b""
-        ok = last[:1] != b"" and last[0] in _OK_FIRST
         verb = self.verb
+        # STARTTLS's 220 went out before the handshake; what counts is whether the handshake worked.
+        ok = last[0] in _OK_FIRST if last else (verb == "starttls" and self.tls_ok)
         counts = self.tally.get(verb)
         if counts is None:
             counts = self.tally[verb] = [0, 0]
@@ -288,6 +290,7 @@ class SessionEvents:
     def starttls(self, info: Any) -> None:
         """A STARTTLS handshake finished: ``info`` is its TlsInfo, or None when it failed."""
         self.le.m_tls[("starttls", "ok" if info is not None else "failed")].inc()
+        self.tls_ok = info is not None
         if self.debug:
             self._dialogue("tls", f"TLS {'established: ' + info.version + ' ' + info.cipher if info else 'failed'}")
 

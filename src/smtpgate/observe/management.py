@@ -32,7 +32,6 @@ import os
 from typing import Any
 
 from aiohttp import web
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from . import health
 
@@ -112,8 +111,9 @@ class Management:
 
     # -- metrics and health ------------------------------------------------------------------------
     async def get_metrics(self, request: web.Request) -> web.Response:
-        resp = web.Response(body=self.metrics.exposition())
-        resp.headers["Content-Type"] = CONTENT_TYPE_LATEST
+        body, content_type = self.metrics.exposition(request.headers.get("Accept", ""))
+        resp = web.Response(body=body)
+        resp.headers["Content-Type"] = content_type
         return resp
 
     async def healthz(self, request: web.Request) -> web.Response:

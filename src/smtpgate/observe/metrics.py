@@ -21,7 +21,7 @@ import math
 from typing import Any, Callable, Iterable
 
 from prometheus_client.core import CollectorRegistry, CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
-from prometheus_client.exposition import generate_latest
+from prometheus_client.exposition import choose_encoder
 
 #: Seconds. AUTH includes hashing and a lookup round trip; failures include ``errors.wait``.
 AUTH_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -170,10 +170,13 @@ class Metrics:
         for fn in self._callbacks:
             yield from fn()
 
-    def exposition(self) -> bytes:
-        out = generate_latest(self.registry)
+    def exposition(self, accept: str = "") -> tuple[bytes, str]:
+        """The body and content type for a scrape; ``accept`` (the request's Accept header) chooses
+        between the Prometheus text format and OpenMetrics, as prometheus_client negotiates it."""
+        encoder, content_type = choose_encoder(accept)
+        out = encoder(self.registry)
         self.loop_lag_max.labels_().set(0.0)     # "since the previous scrape"
-        return out
+        return out, content_type
 
 
 class _NullChild:
