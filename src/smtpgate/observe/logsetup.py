@@ -17,6 +17,7 @@ import logging
 import logging.handlers
 import os
 import queue
+import socket
 import time
 from typing import Any
 
@@ -49,11 +50,30 @@ class _Enqueue(logging.handlers.QueueHandler):
 _listener: logging.handlers.QueueListener | None = None
 
 
+class _SysLog(logging.handlers.SysLogHandler):
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802
+        # The syslog daemon restarting must not print tracebacks (to where? stderr is not read); the
+        # handler reconnects on the next record.
+        pass
+
+
 def syslog_handler(socket_path: str, facility: str, fmt: logging.Formatter) -> logging.Handler:
-    """Raises OSError when the syslog socket cannot be reached."""
+    """Raises OSError when the syslog socket cannot be reached (checked now: SysLogHandler itself
+    would only complain, record by record, later)."""
     global _listener
-    target = logging.handlers.SysLogHandler(address=socket_path,
-                                            facility=logging.handlers.SysLogHandler.facility_names[facility])
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        probe.connect(socket_path)
+    except OSError:
+        probe.close()
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)   # rsyslog may offer a stream socket
+        try:
+            probe.connect(socket_path)
+        finally:
+            probe.close()
+    else:
+        probe.close()
+    target = _SysLog(address=socket_path, facility=logging.handlers.SysLogHandler.facility_names[facility])
     target.ident = f"smtpgate[{os.getpid()}]: "
     target.setFormatter(fmt)
     q: queue.SimpleQueue = queue.SimpleQueue()
