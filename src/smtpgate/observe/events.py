@@ -31,6 +31,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import re
 import time
 from typing import Any
 
@@ -69,24 +70,30 @@ class Event:
         self.fields = fields
 
     def __str__(self) -> str:
+        # Runs in the log writer thread for every line: exact type checks, most common first.
         parts = [self.name]
         for key, value in self.fields:
-            parts.append(f"{key}={render(value)}")
+            t = type(value)
+            if t is str or t is int:
+                parts.append(f"{key}={value}")
+            elif t is Quoted:
+                parts.append(f"{key}={quote(value)}")
+            elif value is None:
+                parts.append(f"{key}=-")
+            elif t is float:
+                parts.append(f"{key}={value:.3f}")
+            else:
+                parts.append(f"{key}={value}")
         return " ".join(parts)
 
 
-def render(value: Any) -> str:
-    if isinstance(value, Quoted):
-        return quote(value)
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.3f}"
-    return str(value)
+_PLAIN_TEXT = re.compile(r'[ !#-\[\]-~]{0,256}')    # printable ASCII without '"' and '\\'
 
 
 def quote(text: str) -> str:
     """Quoted, escaped and bounded, so a hostile value cannot forge log fields or lines."""
+    if _PLAIN_TEXT.fullmatch(text):
+        return f'"{text}"'
     text = text[:256]
     out = ['"']
     for ch in text:
