@@ -7,6 +7,7 @@ import base64
 import hashlib
 import re
 import shutil
+import ssl
 import subprocess
 import time
 from pathlib import Path
@@ -417,3 +418,22 @@ def test_debug_dialogue_masks_secrets(srv):
     text = "\n".join(logs)
     for secret in (PW, WRONG, b64(PW), b64(WRONG), plain_ir("john@example.org", PW), b64("john@example.org")):
         assert secret not in text
+
+
+def test_https_management_listener(tmp_path):
+    config = SERVER_HEAD + listeners("submission") + """
+[server.listener.mgmt]
+bind = "127.0.0.1:0"
+protocol = "http"
+tls.implicit = true
+"""
+    with run_server(config, tmp_path / "srv") as srv:
+        url = f"https://localhost:{srv.port('mgmt')}"
+        verify = ssl.create_default_context(cafile=srv.ca_file)
+        resp = httpx.get(f"{url}/healthz", verify=verify, timeout=10)
+        assert resp.status_code == 200 and resp.json() == {"status": "alive"}
+        names = {f.name for f in text_string_to_metric_families(httpx.get(f"{url}/metrics", verify=verify,
+                                                                             timeout=10).text)}
+        assert "smtpgate_connections" in names
+        with pytest.raises(httpx.RemoteProtocolError):
+            httpx.get(f"http://127.0.0.1:{srv.port('mgmt')}/healthz", timeout=10)   # no cleartext
