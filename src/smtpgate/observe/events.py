@@ -128,6 +128,15 @@ def _register_protocol_refusals() -> None:
         reply = getattr(R, name, None)
         if reply is not None:
             register_refusal(reply, reason)
+    try:                                    # throttles and bans (issue 11), when this build has them
+        from ..abuse import replies as A
+    except ImportError:
+        return
+    for name, reason in (("BANNED", "banned"), ("TOO_MANY_CONCURRENT", "throttled"),
+                         ("RATE_LIMITED", "throttled"), ("RATE_LIMITED_CLOSE", "throttled")):
+        reply = getattr(A, name, None)
+        if reply is not None:
+            register_refusal(reply, reason)
 
 
 _register_protocol_refusals()
@@ -176,9 +185,15 @@ class ListenerEvents:
                                                ("tls", tls.version if tls is not None else "no")]))
         return ev
 
-    def connection_refused(self, reason: str, remote_ip: Any = None, remote_port: int = 0) -> None:
-        """Refused before a session exists (max-connections, shutdown, ban, throttle)."""
+    def connection_refused(self, reason: str, remote_ip: Any = None, remote_port: int = 0,
+                           kind: str = "concurrency") -> None:
+        """Refused before a session exists: max-connections, banned, throttled (``kind``: concurrency or
+        rate), not-smtp ..."""
         self.metrics.connections_refused.labels_(self.id, reason).inc()
+        if reason == "banned":
+            self.banned()
+        elif reason == "throttled":
+            self.throttled(kind)
         if log_session.isEnabledFor(INFO):
             log_session.info(Event("reject", [("session", "-"), ("listener", self.id), ("remote", str(remote_ip)),
                                               ("port", remote_port), ("command", "CONNECT"), ("reason", reason)]))
@@ -271,6 +286,10 @@ class SessionEvents:
     def refused(self, reason: str, reply: bytes | None = None, **detail: Any) -> None:
         """A refusal the stage decided (relay denied, 530, 538, sender not owned, size, throttle, ban...)."""
         self.le._refusal_child(reason).inc()
+        if reason == "throttled":
+            self.le.throttled("rate")
+        elif reason == "banned":
+            self.le.banned()
         if log_session.isEnabledFor(INFO):
             fields: list[tuple[str, Any]] = [
                 ("session", self.sid), ("listener", self.le.id), ("remote", self.remote), ("port", self.port),
