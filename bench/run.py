@@ -34,8 +34,8 @@ import servers  # noqa: E402
 log = logging.getLogger("smtpgate.bench.run")
 BENCH = servers.BENCH
 OUT = BENCH / "out"
-ORDER = ["smtpgate", "canned", "aiosmtpd", "postfix"]
-LABEL = {"smtpgate": "smtpgate", "canned": "canned", "aiosmtpd": "aiosmtpd", "postfix": "postfix+dovecot"}
+ORDER = ["smtpgate", "smtpgate-before", "canned", "aiosmtpd", "postfix"]
+LABEL = {"smtpgate": "smtpgate", "smtpgate-before": "smtpgate-before", "canned": "canned", "aiosmtpd": "aiosmtpd", "postfix": "postfix+dovecot"}
 
 
 def raise_nofile(want=65536):

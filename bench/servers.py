@@ -495,6 +495,29 @@ class Smtpgate(Server):
         wait_greeting(self.port)
 
 
+class SmtpgateBefore(Smtpgate):
+    """smtpgate at another commit (``SMTPGATE_BEFORE=<rev>``, default ``HEAD~1``), run from its ``src/``
+    extracted with ``git archive`` on the same interpreter and dependencies: before/after figures of a
+    change in one bench run, alternating with the current tree like any other peer."""
+    name = "smtpgate-before"
+
+    def start(self):
+        rev = os.environ.get("SMTPGATE_BEFORE", "HEAD~1")
+        src = self.workdir / "before-src"
+        if not src.exists():
+            src.mkdir(parents=True)
+            archive = subprocess.run(["git", "-C", str(REPO), "archive", rev, "src"], check=True,
+                                     capture_output=True).stdout
+            subprocess.run(["tar", "-x", "-C", str(src)], input=archive, check=True)
+        (self.workdir / "spool").mkdir(exist_ok=True)
+        self.config = self.workdir / "smtpgate.toml"
+        self.config.write_text(self.config_text(None))
+        env = dict(os.environ, PYTHONPATH=str(src / "src"))
+        self._spawn([str(MAIN_PY), "-m", "smtpgate", "serve", "--config", str(self.config)], "smtpgate.log",
+                    env=env)
+        wait_greeting(self.port)
+
+
 def create_user_store(config: Path, db: Path, users_plain: Path, argon_users: Path | None):
     """Fill smtpgate's internal user store: through smtpgate.lookup.users.UserStore when importable
     (fast: hashes in parallel), else one `smtpgate user add` per user (password on stdin)."""
@@ -523,4 +546,4 @@ def create_user_store(config: Path, db: Path, users_plain: Path, argon_users: Pa
             raise RuntimeError(f"smtpgate user add failed: {r.stderr.strip()[-300:]}")
 
 
-SERVERS = {"smtpgate": Smtpgate, "canned": Canned, "aiosmtpd": Aiosmtpd, "postfix": PostfixDovecot}
+SERVERS = {"smtpgate": Smtpgate, "smtpgate-before": SmtpgateBefore, "canned": Canned, "aiosmtpd": Aiosmtpd, "postfix": PostfixDovecot}

@@ -150,7 +150,7 @@ def _user(args: argparse.Namespace) -> int:
     if not stores:
         print("smtpgate: no [directory.<id>] with type = \"internal\" in the configuration", file=sys.stderr)
         return 1
-    return usercli.run(args, stores[0].options["store"])
+    return usercli.run(args, stores[0].options.store)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -7,6 +7,8 @@ import time
 
 import pytest
 
+from smtpgate.config.directory import ldap_settings
+from smtpgate.config.errors import ConfigError
 from smtpgate.config.model import DirectorySettings
 from smtpgate.lookup.base import Credentials, Outcome
 from smtpgate.lookup.ldap import LdapLookup
@@ -22,7 +24,7 @@ SEARCH_FILTER = "(&(objectClass=inetOrgPerson)(|(uid={user})(mail={user})))"
 
 
 def make(url: str, timeout: float = 3.0, concurrency: int = 4, **options: object) -> LdapLookup:
-    return LdapLookup(DirectorySettings(id="ldap", type="ldap", options={"url": url, **options},
+    return LdapLookup(DirectorySettings(id="ldap", type="ldap", options=ldap_settings("directory.ldap", {"url": url, **options}),
                                         timeout=timeout, concurrency=concurrency))
 
 
@@ -249,7 +251,7 @@ async def test_black_hole_is_unavailable_within_the_timeout(slapd_private: Slapd
     ({"url": "ldap://127.0.0.1", "bind.dn-template": "uid={user}", "search.base-dn": SUFFIX}, "bind.dn-template"),
 ])
 def test_broken_configuration_is_refused(options: dict, fragment: str) -> None:
-    with pytest.raises(ValueError) as err:
-        LdapLookup(DirectorySettings(id="x", type="ldap", options=options))
-    assert str(err.value).startswith(fragment)
+    with pytest.raises(ConfigError) as err:
+        ldap_settings("directory.x", options)
+    assert err.value.key.startswith("directory.x." + fragment)
 

@@ -7,6 +7,8 @@ import time
 import pytest
 from joserfc.jwk import ECKey, RSAKey
 
+from smtpgate.config.directory import oauth_settings
+from smtpgate.config.errors import ConfigError
 from smtpgate.config.model import DirectorySettings
 from smtpgate.lookup.base import AuthResult, Credentials, Outcome
 from smtpgate.lookup.oauth import OAuthLookup
@@ -20,13 +22,15 @@ pytestmark = pytest.mark.service("oauth-http")
 
 def jwt_lookup(server: OAuthServer, timeout: float = 2.0, **options: object) -> OAuthLookup:
     opts = {"jwks-url": server.jwks_url, "issuer": ISSUER, "audience": AUDIENCE, **options}
-    return OAuthLookup(DirectorySettings(id="oauth", type="oauth", options=opts, timeout=timeout))
+    return OAuthLookup(DirectorySettings(id="oauth", type="oauth", options=oauth_settings("directory.oauth", opts),
+                                        timeout=timeout))
 
 
 def introspection_lookup(server: OAuthServer, timeout: float = 2.0, **options: object) -> OAuthLookup:
     opts = {"introspection.url": server.introspection_url, "introspection.client-id": CLIENT_ID,
             "introspection.client-secret": CLIENT_SECRET, **options}
-    return OAuthLookup(DirectorySettings(id="oauth", type="oauth", options=opts, timeout=timeout))
+    return OAuthLookup(DirectorySettings(id="oauth", type="oauth", options=oauth_settings("directory.oauth", opts),
+                                        timeout=timeout))
 
 
 def bearer(token: str, user: str = "") -> Credentials:
@@ -311,6 +315,6 @@ async def test_introspection_trouble_is_unavailable_within_the_timeout(oauth_ser
     ({"introspection.url": "https://idp/i", "introspection.client-id": "x"}, "introspection.client-id"),
 ])
 def test_broken_configuration_is_refused(options: dict, fragment: str) -> None:
-    with pytest.raises(ValueError) as err:
-        OAuthLookup(DirectorySettings(id="x", type="oauth", options=options))
-    assert str(err.value).startswith(fragment)
+    with pytest.raises(ConfigError) as err:
+        oauth_settings("directory.x", options)
+    assert err.value.key.startswith("directory.x." + fragment)

@@ -15,6 +15,8 @@ import pytest
 import scramp
 
 from smtpgate import usercli
+from smtpgate.config.directory import UserStoreSettings, user_store_settings
+from smtpgate.config.errors import ConfigError
 from smtpgate.config.model import DirectorySettings
 from smtpgate.lookup.base import Capability, Credentials, LookupUnavailable, Outcome
 from smtpgate.lookup.users import UserStore, UserStoreError, UserStoreLookup
@@ -27,7 +29,7 @@ def pw(user: str, secret: str) -> Credentials:
 
 
 def lookup_for(url: str, timeout: float = 5.0) -> UserStoreLookup:
-    return UserStoreLookup(DirectorySettings(id="internal", type="internal", options={"store": url}, timeout=timeout))
+    return UserStoreLookup(DirectorySettings(id="internal", type="internal", options=UserStoreSettings(url), timeout=timeout))
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -164,8 +166,8 @@ async def test_unavailable_store() -> None:
 
 
 def test_lookup_needs_store_option() -> None:
-    with pytest.raises(ValueError, match="store"):
-        UserStoreLookup(DirectorySettings(id="x", type="internal", options={}))
+    with pytest.raises(ConfigError, match="store"):
+        user_store_settings("directory.x", {})
 
 
 # ------------------------------------------------------------------------------------------------- CLI

@@ -1,7 +1,7 @@
 """If-blocks: every operator, combinator and variable, IP/CIDR matching, and every compile-time error.
 
 Rules are compiled with the real compiler (``config.ifblock.compile_setting``) and evaluated against the
-session's own variable holder (``session.machine.Vars``), exactly as the running server does.
+session's own variable holder (``session.variables.SessionVariables``), exactly as the running server does.
 """
 from __future__ import annotations
 
@@ -12,14 +12,14 @@ import pytest
 from smtpgate.config import values
 from smtpgate.config.errors import ConfigError
 from smtpgate.config.ifblock import AUTHENTICATED, CONNECT, EHLO, MAIL, RCPT, VARIABLES, Scope, compile_setting
-from smtpgate.session.machine import Vars
+from smtpgate.session.variables import SessionVariables
 
 SCOPE = Scope(["smtp", "submission", "submissions"],
               {"blocked": frozenset({"spam.example", "10.9.9.9"}), "vip": frozenset({"boss@example.org"})})
 
 
-def ctx(**kw) -> Vars:
-    v = Vars(kw.pop("listener", "smtp"), _ip(kw.pop("remote_ip", "192.0.2.1")), _ip(kw.pop("local_ip", "127.0.0.1")),
+def ctx(**kw) -> SessionVariables:
+    v = SessionVariables(kw.pop("listener", "smtp"), _ip(kw.pop("remote_ip", "192.0.2.1")), _ip(kw.pop("local_ip", "127.0.0.1")),
              kw.pop("local_port", 25), kw.pop("tls", False))
     for k, val in kw.items():
         setattr(v, k, val)

@@ -12,7 +12,7 @@ import pytest
 
 from smtpgate.config.errors import ConfigError
 from smtpgate.config.load import load_file, load_text
-from smtpgate.session.machine import Vars
+from smtpgate.session.variables import SessionVariables
 from tests.fixtures.certs import make_pki
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -52,8 +52,8 @@ def fails(extra: str = "", base: str = LISTENERS, **kw) -> str:
     return exc.value.line()
 
 
-def v(listener="smtp", remote_ip="192.0.2.1", tls=False, **kw) -> Vars:
-    out = Vars(listener, ipaddress.ip_address(remote_ip), ipaddress.ip_address("127.0.0.1"), 25, tls)
+def v(listener="smtp", remote_ip="192.0.2.1", tls=False, **kw) -> SessionVariables:
+    out = SessionVariables(listener, ipaddress.ip_address(remote_ip), ipaddress.ip_address("127.0.0.1"), 25, tls)
     for k, val in kw.items():
         setattr(out, k, val)
     return out

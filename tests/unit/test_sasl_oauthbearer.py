@@ -79,11 +79,11 @@ def test_malformed(message):
 
 
 def test_rejected_token_error_flow_with_ctrl_a():
-    m = OAuthBearer(scope="mail")
+    m = OAuthBearer()
     m.start(RFC_4_1)
     challenge = m.verified(INVALID)
     assert isinstance(challenge, Challenge)
-    assert json.loads(challenge.data) == {"status": "invalid_token", "schemes": "bearer", "scope": "mail"}
+    assert json.loads(challenge.data) == {"status": "invalid_token", "schemes": "bearer"}
     assert m.respond(b"\x01") == Failure("invalid", "token rejected", "user@example.com")
 
 

@@ -17,8 +17,8 @@ from smtpgate.lookup import registry
 from smtpgate.lookup.base import AuthResult, Credentials, Outcome, SecretRecord
 from smtpgate.protocol.reader import TOO_LONG, DataResult, LineReader
 from smtpgate.session import ListenerContext, Session, TlsInfo
-from smtpgate.session.machine import (UNAVAILABLE, Authenticate, Compute, Contains, Deliver, GetSecret, ReadData,
-                                      ReadLine, Sleep, StartTls)
+from smtpgate.session.requests import (UNAVAILABLE, Authenticate, Compute, Contains, Deliver, GetSecret, ReadData,
+                                       ReadLine, Sleep, StartTls)
 
 CONFIG = """
 [server]

@@ -22,8 +22,9 @@ from .errors import ConfigError
 from .ifblock import MAIL, Scope, compile_setting
 from .model import (CacheSettings, CertificateSettings, DatabaseSettings, DirectorySettings, Expr, ListenerSettings,
                     ListenerTls, ListSettings, RemoteSettings, SessionSettings, Settings, TlsClientSettings)
-from .schema import (DIRECTORY_OPTIONS, DIRECTORY_PREFIXES, DIRECTORY_REQUIRED, SESSION_KEYS, SESSION_SETTINGS,
-                     TLS_PROTOCOLS, lookup_ref)
+from . import schema
+from . import directory
+from .schema import SESSION_KEYS, TLS_PROTOCOLS, Setting, lookup_ref
 
 _ID = re.compile(r"^[A-Za-z0-9_-]+$")
 
@@ -315,37 +316,27 @@ class _Builder:
         for ident in self.ids("directory"):
             base = f"directory.{ident}"
             kind = self.required(f"{base}.type", values.string, "missing (internal, ldap or oauth)")
-            if kind not in DIRECTORY_OPTIONS:
+            if kind not in directory.OPTIONS:
                 raise ConfigError(f"{base}.type", f"unknown directory type {kind!r} (use internal, ldap or oauth)")
             timeout = values.duration(f"{base}.timeout", self.take(f"{base}.timeout", "5s"))
             conc = values.positive_int(f"{base}.concurrency", self.take(f"{base}.concurrency", 10))
             cache = self.cache(base)
-            options: dict[str, Any] = {}
-            for opt, parse in DIRECTORY_OPTIONS[kind].items():
+            raw: dict[str, Any] = {}
+            for opt, parse in directory.OPTIONS[kind].items():
                 key = f"{base}.{opt}"
                 if self.has(key):
-                    options[opt] = parse(key, self.take(key))
-            for opt in DIRECTORY_REQUIRED[kind]:
-                if opt not in options:
-                    raise ConfigError(f"{base}.{opt}", "missing")
+                    raw[opt] = parse(key, self.take(key))
+            options: directory.UserStoreSettings | directory.LdapSettings | directory.OAuthSettings
             if kind == "internal":
-                store = options["store"]
-                if store.startswith("sqlite://"):
-                    path = store[9:]
+                if "store" in raw and raw["store"].startswith("sqlite://"):
+                    path = raw["store"][9:]
                     if path and not os.path.isabs(path):
-                        options["store"] = "sqlite://" + os.path.join(self.base_dir, path)
-                elif not store.startswith(("postgres://", "postgresql://")):
-                    raise ConfigError(f"{base}.store", "expected sqlite://path or postgres://user@host:port/db")
-            if kind == "ldap":
-                if not options["url"].startswith(("ldap://", "ldaps://")):
-                    raise ConfigError(f"{base}.url", "expected ldap://host:port or ldaps://host:port")
-                if ("bind.dn-template" in options) == ("search.base-dn" in options):
-                    raise ConfigError(f"{base}.bind.dn-template",
-                                      "set either bind.dn-template or search.base-dn (search then bind)")
-                if "search.base-dn" in options and "search.filter" not in options:
-                    raise ConfigError(f"{base}.search.filter", "missing (e.g. \"(mail={user})\")")
-            if kind == "oauth" and ("jwks-url" in options) == ("introspection.url" in options):
-                raise ConfigError(f"{base}.jwks-url", "set either jwks-url or introspection.url")
+                        raw["store"] = "sqlite://" + os.path.join(self.base_dir, path)
+                options = directory.user_store_settings(base, raw)
+            elif kind == "ldap":
+                options = directory.ldap_settings(base, raw)
+            else:
+                options = directory.oauth_settings(base, raw)
             leftover = [k for k in self.flat if k.startswith(base + ".")]
             if leftover:
                 raise ConfigError(leftover[0], f"unknown option for a directory of type {kind!r}")
@@ -362,38 +353,57 @@ class _Builder:
             names[f"remote/{ident}"] = "remote"
         for ident, d in directories.items():
             names[f"directory/{ident}"] = d.type
-            names[f"{DIRECTORY_PREFIXES[d.type]}/{ident}"] = d.type
+            names[f"{directory.PREFIXES[d.type]}/{ident}"] = d.type
         return names
 
     def session(self, scope: Scope, lookups: dict[str, str], remotes) -> SessionSettings:
-        exprs: dict[str, Expr] = {}
-        for s in SESSION_SETTINGS:
-            present = [k for k in (s.key, *s.aliases)
-                       if self.has(k) or any(f.startswith(k + ".") for f in self.flat)]
-            if len(present) > 1:
-                raise ConfigError(present[1], f"duplicates {present[0]} (they are aliases)")
-            if not present:
-                exprs[s.attr] = Expr(s.key, value=s.default)
-                continue
-            key = present[0]
-            if any(k.startswith(key + ".") for k in self.flat):
-                # e.g. require = { if = ..., then = ... }: an inline table flattened into sub-keys
-                raise ConfigError(key, "expected a value or an array of if-block rules, got a table")
-            raw = self.take(key)
-            parse = s.parse
-            if s.lookup:
-                parse = self._lookup_parser(s.lookup, lookups, remotes)
-            exprs[s.attr] = compile_setting(key, raw, parse, s.variables, scope, is_list=s.is_list)
-            if s.attr == "rcpt_relay":
-                _refuse_open_relay_rules(key, raw)
-        relay = exprs["rcpt_relay"]
+        def setting(row: Setting) -> Expr:
+            return self.session_setting(row, scope, lookups, remotes)
+
+        relay = setting(schema.RCPT_RELAY)
         if relay.constant and relay.value is None:
             # Default: relay only for authenticated sessions.
-            exprs["rcpt_relay"] = Expr("session.rcpt.relay", rules=[(lambda ctx: bool(ctx.authenticated_as), True)],
-                                       default=False)
+            relay = Expr(schema.RCPT_RELAY.key, rules=[(lambda ctx: bool(ctx.authenticated_as), True)], default=False)
         else:
             _refuse_open_relay(relay)
-        return SessionSettings(exprs)
+        return SessionSettings(
+            timeout=setting(schema.TIMEOUT),
+            duration=setting(schema.DURATION),
+            transfer_limit=setting(schema.TRANSFER_LIMIT),
+            ehlo_require=setting(schema.EHLO_REQUIRE),
+            errors_total=setting(schema.ERRORS_TOTAL),
+            auth_mechanisms=setting(schema.AUTH_MECHANISMS),
+            auth_lookup=setting(schema.AUTH_LOOKUP),
+            auth_require=setting(schema.AUTH_REQUIRE),
+            auth_errors_total=setting(schema.AUTH_ERRORS_TOTAL),
+            auth_errors_wait=setting(schema.AUTH_ERRORS_WAIT),
+            auth_allow_plain_text=setting(schema.AUTH_ALLOW_PLAIN_TEXT),
+            auth_must_match_sender=setting(schema.AUTH_MUST_MATCH_SENDER),
+            rcpt_relay=relay,
+            rcpt_domains=setting(schema.RCPT_DOMAINS),
+            rcpt_addresses=setting(schema.RCPT_ADDRESSES),
+            rcpt_max_recipients=setting(schema.RCPT_MAX_RECIPIENTS),
+            data_max_size=setting(schema.DATA_MAX_SIZE),
+            data_max_messages=setting(schema.DATA_MAX_MESSAGES),
+        )
+
+    def session_setting(self, row: Setting, scope: Scope, lookups: dict[str, str], remotes) -> Expr:
+        """Take one ``session.*`` key (or one of its aliases) and compile it; its default when absent."""
+        present = [k for k in (row.key, *row.aliases) if self.has(k) or any(f.startswith(k + ".") for f in self.flat)]
+        if len(present) > 1:
+            raise ConfigError(present[1], f"duplicates {present[0]} (they are aliases)")
+        if not present:
+            return Expr(row.key, value=row.default)
+        key = present[0]
+        if any(k.startswith(key + ".") for k in self.flat):
+            # e.g. require = { if = ..., then = ... }: an inline table flattened into sub-keys
+            raise ConfigError(key, "expected a value or an array of if-block rules, got a table")
+        raw = self.take(key)
+        parse = self._lookup_parser(row.lookup, lookups, remotes) if row.lookup else row.parse
+        expr = compile_setting(key, raw, parse, row.variables, scope, is_list=row.is_list)
+        if row is schema.RCPT_RELAY:
+            _refuse_open_relay_rules(key, raw)
+        return expr
 
     def _lookup_parser(self, kind: str, lookups: dict[str, str], remotes):
         def parse(key: str, raw: Any) -> str | None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from .directory import LdapSettings, OAuthSettings, UserStoreSettings
 from .observe import ObserveSettings
 
 
@@ -88,8 +89,7 @@ class ListSettings:             # [list] <id> = [...] | "file:///path"
 class DirectorySettings:        # [directory."<id>"] type = "internal" | "ldap" | "oauth"
     id: str
     type: str
-    options: dict[str, Any]     # every other key of the table, validated by config.schema, flattened
-                                # to dotted names ("bind.dn-template", "tls.allow-invalid-certs", ...)
+    options: UserStoreSettings | LdapSettings | OAuthSettings  # the type's own keys (config/directory.py)
     timeout: float = 5.0        # .timeout
     concurrency: int = 10       # .concurrency
     cache: CacheSettings = field(default_factory=CacheSettings)
@@ -123,16 +123,29 @@ class ListenerSettings:         # [server.listener."<id>"]
     max_connections: int = 8192 # .max-connections
 
 
+@dataclass(slots=True)
 class SessionSettings:
-    """``session.*``: one :class:`Expr` per row of ``config.schema.SESSION_SETTINGS``, as attributes
-    (``settings.session.auth_errors_wait``) -- plain attributes because they are read on every command."""
-
-    def __init__(self, exprs: dict[str, Expr]):
-        self.exprs = exprs
-        self.__dict__.update(exprs)
-
-    def __repr__(self) -> str:
-        return f"SessionSettings({sorted(self.exprs)})"
+    """``session.*``, compiled: one named :class:`Expr` per row of ``config.schema`` (same name, upper-case
+    there). Connect-time ones are evaluated into ``session.params.SessionParams`` when a session starts;
+    the others are evaluated by the stage that uses them, when their variables exist."""
+    timeout: Expr                   # session.timeout
+    duration: Expr                  # session.duration
+    transfer_limit: Expr            # session.transfer-limit
+    ehlo_require: Expr              # session.ehlo.require
+    errors_total: Expr              # session.errors.total
+    auth_mechanisms: Expr           # session.auth.mechanisms (at every EHLO and AUTH)
+    auth_lookup: Expr               # session.auth.lookup (alias .directory): lookup name or None
+    auth_require: Expr              # session.auth.require
+    auth_errors_total: Expr         # session.auth.errors.total (alias .max)
+    auth_errors_wait: Expr          # session.auth.errors.wait (seconds)
+    auth_allow_plain_text: Expr     # session.auth.allow-plain-text
+    auth_must_match_sender: Expr    # session.auth.must-match-sender
+    rcpt_relay: Expr                # session.rcpt.relay
+    rcpt_domains: Expr              # session.rcpt.lookup.domains: lookup name or None
+    rcpt_addresses: Expr            # session.rcpt.lookup.addresses: lookup name or None
+    rcpt_max_recipients: Expr       # session.rcpt.max-recipients
+    data_max_size: Expr             # session.data.limits.size
+    data_max_messages: Expr         # session.data.limits.messages
 
 
 @dataclass(slots=True)

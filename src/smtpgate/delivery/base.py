@@ -39,6 +39,12 @@ class RcptResult:
     def ok(self) -> bool:
         return 200 <= self.code < 300
 
+    @classmethod
+    def from_reply(cls, reply: bytes) -> "RcptResult":
+        """From a pre-encoded reply of ``protocol.replies`` (``b"451 4.3.0 ...\\r\\n"``)."""
+        code, _, text = reply.decode().rstrip("\r\n").partition(" ")
+        return cls(int(code), text)
+
     def line(self) -> bytes:
         # The text may come from an application or a next hop: it must not end the reply early.
         text = self.text.replace("\r", " ").replace("\n", " ")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from typing import Awaitable, Callable
 
+from ..protocol import replies as R
 from .base import Delivery, Envelope, RcptResult
 
 Handler = Callable[[Envelope], Awaitable["list[RcptResult] | RcptResult | None"]]
@@ -25,7 +26,7 @@ class CallableDelivery(Delivery):
             result = await self.handler(envelope)
         except Exception:  # noqa: BLE001
             logging.getLogger("smtpgate.delivery").exception("application delivery handler failed")
-            return [RcptResult(451, "4.3.0 Delivery failed, try again later")] * len(envelope.rcpt_to)
+            return [RcptResult.from_reply(R.DELIVERY_FAILED)] * len(envelope.rcpt_to)
         if result is None:
             result = RcptResult(250, f"2.0.0 Ok: accepted as {envelope.queue_id}")
         if isinstance(result, RcptResult):
@@ -39,5 +40,5 @@ class CallableDelivery(Delivery):
             logging.getLogger("smtpgate.delivery").error(
                 "application delivery handler returned %s for %d recipients; answering 451",
                 type(result).__name__, len(envelope.rcpt_to))
-            return [RcptResult(451, "4.3.0 Delivery failed, try again later")] * len(envelope.rcpt_to)
+            return [RcptResult.from_reply(R.DELIVERY_FAILED)] * len(envelope.rcpt_to)
         return results

@@ -11,7 +11,7 @@ be duplicated when it resends. Only an LMTP next hop serving an LMTP listener (`
 passes on the accepted recipients and reports each refusal separately; after DATA an LMTP next hop
 answers per recipient (RFC 2033 §4.2) and those results are passed back as they are.
 
-Hand-written on top of the remote lookups' :class:`~smtpgate.lookup.tlsclient.LineStream` rather than
+Hand-written on top of the shared :class:`~smtpgate.net.stream.LineStream` rather than
 aiosmtplib: aiosmtplib has no LHLO and no per-recipient DATA replies, which LMTP needs, and one dialogue
 for both keeps timeouts and STARTTLS handling identical to the lookups'.
 """
@@ -22,8 +22,11 @@ import logging
 import re
 
 from ..config.model import RemoteSettings
-from ..lookup.remote_smtp import read_reply
-from ..lookup.tlsclient import LineStream, RemoteProtocolError, client_context, describe_error
+from ..net.errors import describe_error
+from ..net.smtp_reply import read_reply
+from ..net.stream import LineStream, RemoteProtocolError
+from ..net.tls import client_context
+from ..protocol import replies as R
 from .base import Delivery, Envelope, RcptResult
 
 log = logging.getLogger("smtpgate.nexthop")
@@ -49,7 +52,7 @@ class NextHop(Delivery):
         except (TimeoutError, OSError, RemoteProtocolError, Exception) as exc:  # noqa: BLE001
             reason = "timeout" if isinstance(exc, TimeoutError) else describe_error(exc)
             log.warning("next hop remote/%s failed for %s: %s", self.remote.id, envelope.queue_id, reason)
-            return [RcptResult(451, "4.4.1 Next hop unavailable, try again later")] * n
+            return [RcptResult.from_reply(R.NEXTHOP_FAILED)] * n
 
     async def _transaction(self, env: Envelope) -> list[RcptResult]:
         r = self.remote

@@ -16,6 +16,7 @@ import os
 import time
 from typing import Any
 
+from ..protocol import replies as R
 from .base import Delivery, Envelope, RcptResult
 
 
@@ -45,7 +46,7 @@ class Spool(Delivery):
         except OSError as exc:
             import logging
             logging.getLogger("smtpgate.spool").error("spool write failed: %s", exc.strerror)
-            return [RcptResult(451, "4.3.0 Could not store message, try again later")] * len(envelope.rcpt_to)
+            return [RcptResult.from_reply(R.SPOOL_FAILED)] * len(envelope.rcpt_to)
         return [RcptResult(250, f"2.0.0 Ok: queued as {name}")] * len(envelope.rcpt_to)
 
     def _write(self, env: Envelope) -> str:

@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from smtpgate.lookup.base import AuthResult, Credentials, Outcome, unavailable
-from smtpgate.lookup.tlsclient import LineStream, RemoteAuthLookup, RemoteProtocolError, oauth_initial_response
+from smtpgate.lookup.remote import RemoteAuthLookup, oauth_initial_response
+from smtpgate.net.stream import LineStream, RemoteProtocolError
 
 log = logging.getLogger("smtpgate.lookup.imap")
 

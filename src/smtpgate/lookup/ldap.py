@@ -1,6 +1,6 @@
 """LDAP password lookup: bind as the user (DN template) or search for the entry, then bind as it.
 
-Configured as ``[directory."<id>"] type = "ldap"``; options (flattened dotted keys):
+Configured as ``[directory."<id>"] type = "ldap"`` (validated in ``config/directory.py``):
 
 * ``url`` -- ``ldap://host[:port]`` or ``ldaps://host[:port]`` (required);
 * ``tls.starttls``, ``tls.allow-invalid-certs``, ``tls.ca-file``;
@@ -32,14 +32,15 @@ import ssl
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
-from urllib.parse import urlsplit
 
 from ldap3 import AUTO_BIND_NONE, BASE, IP_SYSTEM_DEFAULT, NONE, SIMPLE, SUBTREE, Connection, Server, Tls
 from ldap3.core.exceptions import LDAPException
 from ldap3.utils.conv import escape_filter_chars
 from ldap3.utils.dn import escape_rdn
 
-from ..config.model import DirectorySettings
+from ..config.directory import LdapSettings
+from ..config.model import DirectorySettings, TlsClientSettings
+from ..net.tls import client_context
 from .base import INVALID, AuthResult, Capability, Credentials, Lookup, Outcome, unavailable
 
 log = logging.getLogger("smtpgate.lookup.ldap")
@@ -50,7 +51,6 @@ log = logging.getLogger("smtpgate.lookup.ldap")
 # disabled on some servers). Anything else (busy, unavailable, other, ...) is the store's trouble.
 _CREDENTIAL_CODES = frozenset({19, 32, 34, 48, 49, 50, 53})
 _SIZE_LIMIT_EXCEEDED = 4
-_PLACEHOLDERS = ("{user}", "{local}", "{domain}")
 
 
 class _Deadline(Exception):
@@ -95,88 +95,35 @@ def _fill(template: str, values: dict[str, str], escape: Any) -> str | None:
     return out
 
 
-def _str_option(options: dict[str, Any], key: str, required: bool = False) -> str | None:
-    value = options.get(key)
-    if value is None:
-        if required:
-            raise ValueError(f"{key}: required")
-        return None
-    if not isinstance(value, str) or not value:
-        raise ValueError(f"{key}: must be a non-empty string")
-    return value
-
-
 class LdapLookup(Lookup):
     capabilities = Capability.PASSWORD
 
     def __init__(self, settings: DirectorySettings):
-        """Validate the options; raises ValueError("<option>: <reason>") for a broken configuration."""
-        opts = settings.options
+        """``settings.options`` is a validated :class:`~smtpgate.config.directory.LdapSettings`."""
+        opts: LdapSettings = settings.options
         self.name = f"directory/{settings.id}"
         self._timeout = float(settings.timeout)
         # ldap3 packs the receive timeout into SO_RCVTIMEO as whole seconds; the asyncio side still
         # answers the caller on the exact timeout.
         self._socket_timeout = max(1, math.ceil(self._timeout))
-
-        url = _str_option(opts, "url", required=True)
-        assert url is not None
-        parts = urlsplit(url)
-        if parts.scheme not in ("ldap", "ldaps") or not parts.hostname or parts.path not in ("", "/"):
-            raise ValueError("url: expected ldap://host[:port] or ldaps://host[:port]")
-        try:
-            port = parts.port or (636 if parts.scheme == "ldaps" else 389)
-        except ValueError:
-            raise ValueError("url: invalid port") from None
-        use_ssl = parts.scheme == "ldaps"
-        self._starttls = bool(opts.get("tls.starttls", False))
-        if self._starttls and use_ssl:
-            raise ValueError("tls.starttls: not possible with an ldaps:// url")
-
+        self._starttls = opts.starttls
         tls = None
-        if use_ssl or self._starttls:
-            ca_file = _str_option(opts, "tls.ca-file")
-            context = ssl.create_default_context(cafile=ca_file)
-            context.minimum_version = ssl.TLSVersion.TLSv1_2
-            if opts.get("tls.allow-invalid-certs", False):
-                context.check_hostname = False
-                context.verify_mode = ssl.CERT_NONE
-            tls = _VerifyingTls(context, parts.hostname)
+        if opts.use_ssl or opts.starttls:
+            context = client_context(TlsClientSettings(allow_invalid_certs=opts.allow_invalid_certs,
+                                                       ca_file=opts.ca_file))
+            tls = _VerifyingTls(context, opts.host)
         # No schema/root DSE reads (extra round trips for nothing); no referral chasing to other hosts.
         # IP_SYSTEM_DEFAULT: ldap3's default mode remembers a refused address as "unavailable" for a
         # while, so logins kept failing (454) for seconds after the server came back.
-        self._server = Server(parts.hostname, port=port, use_ssl=use_ssl, tls=tls, get_info=NONE,
+        self._server = Server(opts.host, port=opts.port, use_ssl=opts.use_ssl, tls=tls, get_info=NONE,
                               connect_timeout=self._timeout, allowed_referral_hosts=[], mode=IP_SYSTEM_DEFAULT)
-
-        self._dn_template = _str_option(opts, "bind.dn-template")
-        self._base_dn = _str_option(opts, "search.base-dn")
-        self._filter = _str_option(opts, "search.filter")
-        self._service_dn = _str_option(opts, "search.bind-dn")
-        self._service_secret = _str_option(opts, "search.bind-secret")
-        if self._dn_template:
-            if self._base_dn or self._filter or self._service_dn:
-                raise ValueError("bind.dn-template: cannot be combined with search.*")
-            if "{user}" not in self._dn_template and "{local}" not in self._dn_template:
-                raise ValueError("bind.dn-template: must contain {user} or {local}")
-        elif self._base_dn or self._filter:
-            if not (self._base_dn and self._filter):
-                raise ValueError("search: both search.base-dn and search.filter are required")
-            if "{user}" not in self._filter and "{local}" not in self._filter:
-                raise ValueError("search.filter: must contain {user} or {local}")
-            # A service DN without a secret would be an unauthenticated bind: anonymous in disguise.
-            if bool(self._service_dn) != bool(self._service_secret):
-                raise ValueError("search.bind-secret: search.bind-dn and search.bind-secret go together")
-        else:
-            raise ValueError("bind.dn-template: either bind.dn-template or search.base-dn/search.filter "
-                             "is required")
-
-        addr = opts.get("attributes.address", ["mail"])
-        if isinstance(addr, str):
-            addr = [addr]
-        if not isinstance(addr, list) or not all(isinstance(a, str) and a for a in addr):
-            raise ValueError("attributes.address: must be a list of attribute names")
-        self._address_attrs = [a.lower() for a in addr]
-        name_attr = _str_option(opts, "attributes.name")
-        self._name_attr = name_attr.lower() if name_attr else None
+        self._dn_template = opts.dn_template
+        self._base_dn = opts.base_dn
+        self._filter = opts.filter
+        self._service_dn = opts.service_dn
+        self._service_secret = opts.service_secret
+        self._address_attrs = list(opts.address_attributes)
+        self._name_attr = opts.name_attribute
         self._attrs = sorted(set(self._address_attrs) | ({self._name_attr} if self._name_attr else set()))
 
         self._executor = ThreadPoolExecutor(max_workers=max(1, int(settings.concurrency)),

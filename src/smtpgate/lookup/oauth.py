@@ -1,6 +1,6 @@
 """OAuth bearer-token lookup (OAUTHBEARER, XOAUTH2): a JWT checked against a JWKS, or RFC 7662 introspection.
 
-Configured as ``[directory."<id>"] type = "oauth"``; options (flattened dotted keys), one of two modes:
+Configured as ``[directory."<id>"] type = "oauth"`` (validated in ``config/directory.py``), one of two modes:
 
 * JWT: ``jwks-url``, ``issuer`` and ``audience`` (both required: without them any token the provider
   signed for any client would log in), ``algorithms`` (default ``["RS256", "ES256"]``; asymmetric only,
@@ -28,7 +28,7 @@ import logging
 import ssl
 import time
 from typing import Any
-from urllib.parse import quote_plus, urlsplit
+from urllib.parse import quote_plus
 
 import httpx
 from joserfc import jwt
@@ -36,6 +36,8 @@ from joserfc.errors import JoseError
 from joserfc.jwk import JWKRegistry, Key
 from joserfc.jws import JWSRegistry, extract_compact
 
+from ..config.directory import OAuthSettings
+from ..config.errors import ConfigError
 from ..config.model import DirectorySettings
 from .base import AuthResult, Capability, Credentials, Lookup, Outcome, unavailable
 
@@ -52,29 +54,6 @@ class _Unavailable(Exception):
     """The provider could not answer; the message is a log reason without secrets."""
 
 
-def _seconds(opts: dict[str, Any], key: str, default: float) -> float:
-    value = opts.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-        raise ValueError(f"{key}: must be a non-negative number of seconds")
-    return float(value)
-
-
-def _http_url(opts: dict[str, Any], key: str) -> str | None:
-    value = opts.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, str) or urlsplit(value).scheme not in ("http", "https") or not urlsplit(value).hostname:
-        raise ValueError(f"{key}: must be an http:// or https:// URL")
-    return value
-
-
-def _opt_str(opts: dict[str, Any], key: str) -> str | None:
-    value = opts.get(key)
-    if value is not None and (not isinstance(value, str) or not value):
-        raise ValueError(f"{key}: must be a non-empty string")
-    return value
-
-
 def _looks_like_address(user: str) -> bool:
     local, at, domain = user.rpartition("@")
     return bool(at and local and "." in domain and not any(c.isspace() for c in user))
@@ -84,51 +63,37 @@ class OAuthLookup(Lookup):
     capabilities = Capability.TOKEN
 
     def __init__(self, settings: DirectorySettings):
-        """Validate the options; raises ValueError("<option>: <reason>") for a broken configuration."""
-        opts = settings.options
+        """``settings.options`` is a validated :class:`~smtpgate.config.directory.OAuthSettings`."""
+        opts: OAuthSettings = settings.options
         self.name = f"directory/{settings.id}"
         self._timeout = float(settings.timeout)
         self._concurrency = max(1, int(settings.concurrency))
         self._sem = asyncio.Semaphore(self._concurrency)
 
-        self._jwks_url = _http_url(opts, "jwks-url")
-        self._introspection_url = _http_url(opts, "introspection.url")
-        if bool(self._jwks_url) == bool(self._introspection_url):
-            raise ValueError("jwks-url: exactly one of jwks-url and introspection.url is required")
-        self._issuer = _opt_str(opts, "issuer")
-        self._audience = _opt_str(opts, "audience")
-        self._username_claim = _opt_str(opts, "username-claim") or "email"
-        self._leeway = int(_seconds(opts, "leeway", 60))
-
+        self._jwks_url = opts.jwks_url
+        self._introspection_url = opts.introspection_url
+        self._issuer = opts.issuer
+        self._audience = opts.audience
+        self._username_claim = opts.username_claim
+        self._leeway = opts.leeway
         if self._jwks_url:
-            if not self._issuer:
-                raise ValueError("issuer: required with jwks-url")
-            if not self._audience:
-                raise ValueError("audience: required with jwks-url")
-            algorithms = opts.get("algorithms", ["RS256", "ES256"])
-            if not isinstance(algorithms, list) or not algorithms:
-                raise ValueError("algorithms: must be a non-empty list")
-            for alg in algorithms:
-                if alg not in _ASYMMETRIC:
-                    raise ValueError(f"algorithms: {alg!r} is not an asymmetric JWS algorithm "
-                                     f"(allowed: {', '.join(sorted(_ASYMMETRIC))})")
-            self._algorithms = list(dict.fromkeys(algorithms))
+            missing = [alg for alg in opts.algorithms if alg not in _ASYMMETRIC]
+            if missing:      # config knows the names; this JOSE library may lack one
+                raise ConfigError(f"directory.{settings.id}.algorithms",
+                                  f"{missing[0]!r} is not supported by this server's JOSE library")
+            self._algorithms = list(opts.algorithms)
             self._registry = JWSRegistry(algorithms=self._algorithms)
-            self._refresh_min = _seconds(opts, "jwks-refresh-min", 30)
+            self._refresh_min = opts.refresh_min
         else:
-            client_id = _opt_str(opts, "introspection.client-id")
-            client_secret = _opt_str(opts, "introspection.client-secret")
-            if not client_id or not client_secret:
-                raise ValueError("introspection.client-id: client-id and client-secret are required")
+            assert opts.client_id and opts.client_secret
             # RFC 6749 §2.3.1: both are form-urlencoded before going into the Basic header.
-            self._client_auth = (quote_plus(client_id), quote_plus(client_secret))
+            self._client_auth = (quote_plus(opts.client_id), quote_plus(opts.client_secret))
 
-        ca_file = _opt_str(opts, "tls.ca-file")
-        if opts.get("tls.allow-invalid-certs", False):
+        if opts.allow_invalid_certs:
             self._verify: ssl.SSLContext | bool = False
         else:
             # The system store (or the configured CA), not httpx's bundled certifi.
-            self._verify = ssl.create_default_context(cafile=ca_file)
+            self._verify = ssl.create_default_context(cafile=opts.ca_file)
         self._client: httpx.AsyncClient | None = None
 
         self._keys: list[Key] | None = None

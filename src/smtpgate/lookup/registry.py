@@ -6,9 +6,9 @@ Implementations are imported only when configured, so an unused backend costs no
 """
 from __future__ import annotations
 
+from ..config.directory import PREFIXES as DIRECTORY_PREFIXES
 from ..config.errors import ConfigError
 from ..config.model import CacheSettings, Settings
-from ..config.schema import DIRECTORY_PREFIXES
 from .base import Lookup
 
 
@@ -21,21 +21,13 @@ def _cached(lookup: Lookup, cache: CacheSettings) -> Lookup:
     return wrapped
 
 
-def _config_error(prefix: str, exc: ValueError) -> ConfigError:
-    """Constructors raise ValueError("<option key>: <reason>") (or just a reason) for bad settings."""
-    text = str(exc)
-    key, sep, reason = text.partition(": ")
-    if sep and " " not in key:
-        return ConfigError(f"{prefix}.{key}", reason)
-    return ConfigError(prefix, text)
-
-
 def build(settings: Settings) -> dict[str, Lookup]:
     """Construct every configured lookup (no I/O yet: ``start()`` opens connections)."""
     try:
         return _build(settings)
     except _Bad as bad:
-        raise _config_error(bad.prefix, bad.exc) from None
+        # Options are validated by config/; what is left is the environment (an unreadable CA file).
+        raise ConfigError(bad.prefix, str(bad.exc)) from None
 
 
 class _Bad(Exception):

@@ -13,7 +13,7 @@ The client's own credentials go to the remote (RFC 4954): EHLO (LHLO for LMTP), 
 
 Hand-written rather than aiosmtplib: aiosmtplib has no LHLO (LMTP) and its STARTTLS/AUTH helpers
 re-issue EHLO on their own; the dialogue here is a dozen lines either way, and sharing
-:class:`~smtpgate.lookup.tlsclient.LineStream` with the IMAP lookup keeps timeouts, STARTTLS-injection
+:class:`~smtpgate.net.stream.LineStream` with the IMAP lookup keeps timeouts, STARTTLS-injection
 protection and connection accounting identical.
 """
 from __future__ import annotations
@@ -23,31 +23,13 @@ import logging
 
 from smtpgate.config.model import RemoteSettings
 from smtpgate.lookup.base import AuthResult, Credentials, Outcome, unavailable
-from smtpgate.lookup.tlsclient import LineStream, RemoteAuthLookup, RemoteProtocolError, oauth_initial_response
+from smtpgate.lookup.remote import RemoteAuthLookup, oauth_initial_response
+from smtpgate.net.smtp_reply import read_reply
+from smtpgate.net.stream import LineStream
 
 log = logging.getLogger("smtpgate.lookup.remote_smtp")
 
-_MAX_REPLY_LINES = 100
 _NOT_ABOUT_CREDENTIALS = frozenset({500, 501, 502, 503, 504, 530, 534, 538})
-
-
-async def read_reply(stream: LineStream) -> tuple[int, list[str]]:
-    """One (possibly multi-line) reply: its code and the text of each line."""
-    code: int | None = None
-    texts: list[str] = []
-    while True:
-        line = await stream.read_line()
-        if len(line) < 3 or not line[:3].isdigit() or line[3:4] not in (b"", b" ", b"-"):
-            raise RemoteProtocolError("malformed reply")
-        this = int(line[:3])
-        if code is not None and this != code:
-            raise RemoteProtocolError("inconsistent codes in a multi-line reply")
-        code = this
-        texts.append(line[4:].decode("utf-8", "replace"))
-        if line[3:4] != b"-":
-            return code, texts
-        if len(texts) >= _MAX_REPLY_LINES:
-            raise RemoteProtocolError("over-long multi-line reply")
 
 
 def _extensions(texts: list[str]) -> dict[str, list[str]]:

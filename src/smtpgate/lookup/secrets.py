@@ -19,10 +19,8 @@ against a decoy (by default a dummy argon2id hash with :func:`hash_password`'s p
 """
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
-import concurrent.futures
 import functools
 import hashlib
 import hmac
@@ -30,14 +28,13 @@ import logging
 import os
 import re
 import secrets as _random
-import threading
 import warnings
-from typing import Any, Callable, TypeVar
 
 import argon2
 import bcrypt
 import scramp
 
+from ..executor import configure_executor, run_sync
 from .base import ScramKeys
 
 try:  # stdlib crypt exists up to 3.12; the crypt-r package carries the same API from 3.13 on
@@ -49,50 +46,11 @@ except ImportError:  # pragma: no cover - depends on the Python version
 
 log = logging.getLogger("smtpgate.lookup.secrets")
 
-T = TypeVar("T")
 
 __all__ = [
     "verify", "plaintext_of", "scram_of", "hash_password", "scram_keys", "configure_executor", "run_sync",
     "scheme_of",
 ]
-
-# --------------------------------------------------------------------------------------------------------
-# the executor
-
-_executor: concurrent.futures.ThreadPoolExecutor | None = None
-_executor_lock = threading.Lock()
-_workers: int = os.cpu_count() or 1
-
-
-def configure_executor(workers: int | None = None) -> None:
-    """Set the number of hashing threads (default ``os.cpu_count()``). Replaces the pool; jobs already
-    running on the old pool finish there."""
-    global _executor, _workers
-    if workers is not None and workers < 1:
-        raise ValueError("workers must be >= 1")
-    with _executor_lock:
-        old, _executor = _executor, None
-        _workers = workers or (os.cpu_count() or 1)
-    if old is not None:
-        old.shutdown(wait=False)
-
-
-def _get_executor() -> concurrent.futures.ThreadPoolExecutor:
-    global _executor
-    ex = _executor
-    if ex is None:
-        with _executor_lock:
-            if _executor is None:
-                _executor = concurrent.futures.ThreadPoolExecutor(
-                    max_workers=_workers, thread_name_prefix="smtpgate-hash")
-            ex = _executor
-    return ex
-
-
-async def run_sync(fn: Callable[..., T], *args: Any) -> T:
-    """Run a CPU-bound callable (hashing, key derivation) on the shared bounded pool."""
-    return await asyncio.get_running_loop().run_in_executor(_get_executor(), fn, *args)
-
 
 # --------------------------------------------------------------------------------------------------------
 # parsing

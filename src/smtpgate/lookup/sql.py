@@ -211,10 +211,6 @@ class SqlDatabase:
         self._closed = False
         self._background: set[asyncio.Task[Any]] = set()
 
-    @classmethod
-    def from_url(cls, url: str, *, id: str = "", concurrency: int = 10, timeout: float = 5.0) -> "SqlDatabase":
-        return cls(DatabaseSettings(id=id, address=url, concurrency=concurrency, timeout=timeout))
-
     def __repr__(self) -> str:  # the address may hold a password
         return f"SqlDatabase(id={self.id!r}, dialect={self.dialect!r})"
 

@@ -309,10 +309,7 @@ class UserStoreLookup(Lookup):
     capabilities = Capability.PASSWORD | Capability.SCRAM
 
     def __init__(self, settings: DirectorySettings):
-        try:
-            url = settings.options["store"]
-        except KeyError:
-            raise ValueError("an internal directory needs a 'store' address") from None
+        url = settings.options.store
         self.name = f"directory/{settings.id}"
         self.store = UserStore(str(url), timeout=settings.timeout, concurrency=settings.concurrency)
 

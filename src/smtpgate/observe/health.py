@@ -82,13 +82,13 @@ def _probe_for(name: str, lookup: Any, settings: Any) -> Any:
     d = settings.directories.get(ident)
     if d is None or kind == "list":
         return None
+    o = d.options                     # config/directory.py: one typed settings class per type
     if d.type == "internal":
-        return _store_url(str(d.options.get("store", "")))
+        return _store_url(o.store)
     if d.type == "ldap":
-        return _tcp(*_url_target(str(d.options.get("url", "")), {"ldap": 389, "ldaps": 636}))
+        return _tcp(o.host, o.port)
     if d.type == "oauth":
-        url = d.options.get("jwks-url") or d.options.get("introspection.url") or ""
-        return _tcp(*_url_target(str(url), {"http": 80, "https": 443}))
+        return _tcp(*_url_target(o.jwks_url or o.introspection_url or "", {"http": 80, "https": 443}))
     return None
 
 

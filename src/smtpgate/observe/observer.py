@@ -36,14 +36,11 @@ class Observer:
         self.http_listeners = {ident: lst for ident, lst in server.settings.listeners.items()
                                if lst.protocol == "http"}
         self.metrics: Any = M.Metrics() if self.http_listeners else M.NULL
+        self.enabled: bool = self.metrics.enabled      # read on the hot path: a plain attribute
         self._listeners: dict[str, ListenerEvents] = {}
         self._lookups: dict[str, _LookupMetrics] = {}
         self.management: Any = None
         self._lag: Any = None
-
-    @property
-    def enabled(self) -> bool:
-        return self.metrics.enabled
 
     def listener(self, ident: str) -> ListenerEvents:
         ev = self._listeners.get(ident)

@@ -17,6 +17,9 @@ TOO_LONG = object()
 SASL_LINE_LIMIT = 12288
 COMMAND_LINE_LIMIT = 512            # RFC 5321 §4.5.3.1.4, including CRLF
 MAIL_LINE_LIMIT = 512 + 500         # RFC 4954 §5: room for AUTH= on MAIL FROM
+#: RFC 4954 §4 sizes the authentication buffer at 12 288 octets of response (the base64 text, as
+#: Postfix's smtpd_sasl_response_limit counts it); the reader's limits include the CRLF, hence the + 2.
+SASL_RESPONSE_LIMIT = SASL_LINE_LIMIT + 2
 
 _EOD = b"\r\n.\r\n"
 
@@ -64,33 +67,36 @@ class LineReader:
 
     def next_line(self, limit: int = SASL_LINE_LIMIT) -> bytes | object | None:
         buf = self._buf
-        idx = buf.find(b"\n", self._pos)
+        start = self._pos
+        idx = buf.find(b"\n", start)
         if idx < 0:
-            if len(buf) - self._pos > limit:
+            if len(buf) - start > limit:
                 # Keep nothing of an over-long line (but its first bytes): discard until its end arrives.
                 if not self._discarding:
-                    self.too_long_head = bytes(buf[self._pos:self._pos + 32])
+                    self.too_long_head = bytes(buf[start:start + 32])
                 self._discarding = True
                 del buf[:]
                 self._pos = 0
             return None
-        start = self._pos
         self._pos = idx + 1
+        if self._discarding:
+            self._discarding = False
+            line: bytes | object = TOO_LONG
+        else:
+            end = idx
+            if end > start and buf[end - 1] == 13:
+                end -= 1
+            if end - start > limit - 2:
+                self.too_long_head = bytes(buf[start:start + 32])
+                line = TOO_LONG
+            else:
+                line = bytes(buf[start:end])
+        # Consumed lines are dropped from the front now and then (not per line: that would copy the rest
+        # of the buffer every time) -- only once the line has been taken out of it.
         if self._pos > 65536:
             del buf[:self._pos]
             self._pos = 0
-            idx -= start
-            start = 0
-        if self._discarding:
-            self._discarding = False
-            return TOO_LONG
-        end = idx
-        if end > start and buf[end - 1] == 13:
-            end -= 1
-        if end - start > limit - 2:
-            self.too_long_head = bytes(buf[start:start + 32])
-            return TOO_LONG
-        return bytes(buf[start:end])
+        return line
 
     # -- DATA -------------------------------------------------------------------------------------
     def start_data(self, max_size: int) -> None:

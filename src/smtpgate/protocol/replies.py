@@ -16,7 +16,6 @@ def multiline(code: int, lines: list[str]) -> bytes:
 
 
 # --- generic -----------------------------------------------------------------------------------
-OK = reply(250, "2.0.0 OK")
 NOOP = reply(250, "2.0.0 OK")
 RSET = reply(250, "2.0.0 Reset state")
 QUIT = reply(221, "2.0.0 Bye")
@@ -27,13 +26,13 @@ LINE_TOO_LONG = reply(500, "5.5.6 Line too long")
 NOT_IMPLEMENTED = reply(502, "5.5.1 Command not implemented")
 BAD_SEQUENCE_EHLO = reply(503, "5.5.1 Send EHLO first")
 BAD_SEQUENCE_MAIL = reply(503, "5.5.1 Send MAIL first")
-BAD_SEQUENCE_RCPT = reply(503, "5.5.1 Send RCPT first")
 NESTED_MAIL = reply(503, "5.5.1 Sender already specified")
 NUL_BYTE = reply(500, "5.5.2 Invalid character (NUL) in command")
 NON_ASCII = reply(500, "5.5.2 Invalid characters in command")
 TIMEOUT = reply(421, "4.4.2 Idle timeout, closing connection")
 DURATION = reply(421, "4.4.2 Session too long, closing connection")
 TRANSFER = reply(421, "4.7.0 Transfer limit reached, closing connection")
+TOO_MANY_ERRORS = reply(421, "4.7.0 Too many errors, closing connection.")
 SHUTDOWN = reply(421, "4.3.2 Server shutting down")
 TOO_MANY_CONNECTIONS = reply(421, "4.7.0 Too many connections, try again later")
 INTERNAL = reply(451, "4.3.0 Internal error, try again later")
@@ -48,7 +47,6 @@ STARTTLS_READY = reply(220, "2.0.0 Ready to start TLS")
 STARTTLS_ACTIVE = reply(503, "5.5.1 TLS already active")
 STARTTLS_UNAVAILABLE = reply(502, "5.5.1 STARTTLS not available")
 STARTTLS_SYNTAX = reply(501, "5.5.4 Syntax: STARTTLS")
-STARTTLS_FAILED = reply(454, "4.7.0 TLS not available due to temporary reason")
 
 # --- AUTH (RFC 4954; SPEC §4.2) ----------------------------------------------------------------
 AUTH_OK = reply(235, "2.7.0 Authentication succeeded.")
@@ -92,5 +90,8 @@ DATA_GO = reply(354, "Start mail input; end with <CRLF>.<CRLF>")
 DATA_NO_RCPT = reply(554, "5.5.1 No valid recipients")
 DATA_SYNTAX = reply(501, "5.5.4 Syntax: DATA")
 DATA_TOO_BIG = reply(552, "5.3.4 Message size exceeds fixed maximum message size")
-DATA_SPOOL_FAILED = reply(451, "4.3.0 Could not store message, try again later")
-DATA_NEXTHOP_FAILED = reply(451, "4.4.1 Next hop unavailable, try again later")
+
+# --- delivery results (RcptResult.from_reply) -------------------------------------------------------
+DELIVERY_FAILED = reply(451, "4.3.0 Delivery failed, try again later")
+SPOOL_FAILED = reply(451, "4.3.0 Could not store message, try again later")
+NEXTHOP_FAILED = reply(451, "4.4.1 Next hop unavailable, try again later")

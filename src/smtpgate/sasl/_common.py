@@ -136,14 +136,13 @@ class TokenMechanism(OneMessageMechanism):
     501). A VALID token must belong to the claimed user: the account itself (its name or one of its
     addresses) or one it may act for."""
 
-    #: Fields of the JSON error challenge; ``scope`` is added when configured.
+    #: Fields of the JSON error challenge.
     error_fields: dict[str, str] = {}
     #: Failure detail when the error challenge is answered with anything but an acknowledgement.
     bad_ack: str = ""
 
-    def __init__(self, *, scope: str | None = None) -> None:
+    def __init__(self) -> None:
         super().__init__()
-        self._scope = scope
         self._user = ""
 
     def respond(self, data: bytes) -> Action:
@@ -156,9 +155,8 @@ class TokenMechanism(OneMessageMechanism):
     def verified(self, result: AuthResult) -> Action:
         self._expect("verify", "verified")
         if result.outcome is Outcome.INVALID:
-            fields = self.error_fields | ({"scope": self._scope} if self._scope else {})
             self._state = "error-ack"
-            return Challenge(json.dumps(fields, separators=(",", ":")).encode("ascii"))
+            return Challenge(json.dumps(self.error_fields, separators=(",", ":")).encode("ascii"))
         selves = (result.account or self._user, *result.addresses)
         return self._end(grant(result, self._user, self._user, selves, "token does not belong to the claimed user"))
 

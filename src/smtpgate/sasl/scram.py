@@ -20,7 +20,7 @@ between client-first and server-first. So client-first is fed to scramp twice: o
 
 scramp's channel-binding types are ``tls-unique`` and ``tls-server-end-point``; it refuses
 ``tls-exporter`` (RFC 9266), which Python's ``ssl`` module cannot produce anyway. A -PLUS mechanism is
-therefore only usable with one of :data:`CHANNEL_BINDING_TYPES` (see ``sasl.channel_binding_usable``).
+therefore only usable with one of :data:`CHANNEL_BINDING_TYPES` (checked when the mechanism is created).
 
 Not revealing who exists
 ------------------------

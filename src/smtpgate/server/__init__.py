@@ -21,21 +21,29 @@ import time
 from typing import Any
 
 from ..config.model import Settings
+from ..protocol import replies as R
 from ..delivery.base import Delivery, RcptResult
+from ..delivery.nexthop import NextHop
+from ..delivery.spool import Spool
 from ..lookup import registry
 from ..lookup.base import Lookup
 from ..observe.observer import Observer
-from ..session.machine import Deliver, ListenerContext
+from ..session.context import ListenerContext
+from ..session.requests import Deliver
+from .clock import Clock
 from .connection import SmtpConnection
 from .tls import server_context
 
 log = logging.getLogger("smtpgate.server")
 
+SWEEP_INTERVAL = 1.0        # seconds between checks of session.timeout / session.duration
+
 
 class Server:
     def __init__(self, settings: Settings, *, delivery: Delivery | None = None,
-                 lookups: dict[str, Lookup] | None = None):
+                 lookups: dict[str, Lookup] | None = None, clock: Clock | None = None):
         self.settings = settings
+        self.clock = clock or Clock()
         self._custom_delivery = delivery
         self._custom_lookups = lookups or {}
         self.lookups: dict[str, Lookup] = {}
@@ -45,7 +53,7 @@ class Server:
         self._ssl_contexts: dict[str, ssl.SSLContext] = {}
         self._connections: set[SmtpConnection] = set()
         self._per_listener: dict[str, int] = {}
-        self._sweeper: asyncio.Task | None = None
+        self._sweeper: Any = None
         self._stopping = False
         self._stopped = asyncio.Event()
         self.observer = Observer(self)          # metrics, log events, the management (http) listener
@@ -60,12 +68,10 @@ class Server:
         if self._custom_delivery is not None:
             self.delivery = self._custom_delivery
         else:
-            from ..delivery.spool import Spool
             self.delivery = Spool(s.queue_path)
         await self.delivery.start()
         for ident, remote in s.remotes.items():
             if remote.protocol in ("smtp", "lmtp") and self._custom_delivery is None:
-                from ..delivery.nexthop import NextHop
                 self._next_hops[f"remote/{ident}"] = NextHop(remote, s.hostname)
         loop = asyncio.get_running_loop()
         for ident, listener in s.listeners.items():
@@ -96,7 +102,7 @@ class Server:
                 if host not in ("0.0.0.0", "::"):
                     ctx.local_addr = (host, port)
         self._servers.update(await self.observer.start())
-        self._sweeper = loop.create_task(self._sweep())
+        self._sweeper = self.clock.call_later(SWEEP_INTERVAL, self._sweep)
         return self
 
     async def stop(self, grace: float | None = None) -> None:
@@ -174,14 +180,14 @@ class Server:
             return await target.deliver(req.envelope)
         except Exception:  # noqa: BLE001 - a broken delivery must never lose a message silently
             log.exception("delivery failed")
-            return [RcptResult(451, "4.3.0 Delivery failed, try again later")] * len(req.envelope.rcpt_to)
+            return [RcptResult.from_reply(R.DELIVERY_FAILED)] * len(req.envelope.rcpt_to)
 
-    async def _sweep(self) -> None:
-        while True:
-            await asyncio.sleep(1.0)
-            now = time.monotonic()
-            for conn in list(self._connections):
-                conn.expire(now)
+    def _sweep(self) -> None:
+        now = self.clock.now()
+        for conn in list(self._connections):
+            conn.expire(now)
+        if not self._stopped.is_set():
+            self._sweeper = self.clock.call_later(SWEEP_INTERVAL, self._sweep)
 
 
 def _fmt(addr: Any) -> str:

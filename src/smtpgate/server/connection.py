@@ -1,15 +1,18 @@
-"""The asyncio transport for one SMTP session: bytes in, replies out, requests served.
+"""The asyncio transport for one SMTP session: bytes in, replies out, requests performed.
 
 An ``asyncio.Protocol`` rather than a stream coroutine per client: an idle session then costs only
 this object, its ``Session`` and its buffers -- no task, no timer (a server-wide sweeper enforces
-``session.timeout`` / ``session.duration``). Async work is started only when a stage asks for it; an
-``errors.wait`` delay is a ``call_later`` that resumes this session alone.
+``session.timeout`` / ``session.duration``). The protocol itself -- states, framing, which command may
+run -- is the session's (``session/machine.py``); this class only
 
-``want`` says what the session's current handler is waiting for:
-  None     -- nothing: complete lines are dispatched as commands;
-  LINE     -- the next line of a SASL exchange (with its own length limit);
-  DATA     -- the end of a message body;
-  BUSY     -- an async request (lookup, delay, TLS handshake, delivery) is in flight; input is buffered.
+* feeds received bytes to ``Session.receive_data`` and runs ``Session.advance``;
+* writes ``session.out``;
+* performs the request the session returns (a lookup, a delay, a TLS handshake, a delivery, CPU work)
+  and resumes it with ``Session.resume(answer)``; at most one is in flight (``self.pending``);
+* applies back-pressure: it stops reading from a client that pipelines faster than it reads its replies,
+  and gives the loop back between batches of commands (``PAUSE``).
+
+An ``errors.wait`` delay is a ``call_later`` on the server's clock that resumes this session alone.
 """
 from __future__ import annotations
 
@@ -18,12 +21,13 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+from ..executor import run_sync
 from ..lookup.base import AuthResult, LookupUnavailable, Outcome
-from ..lookup.secrets import run_sync
 from ..protocol import replies as R
-from ..protocol.reader import TOO_LONG, LineReader
-from ..session.machine import (UNAVAILABLE, Authenticate, Compute, Contains, Deliver, GetSecret, ListenerContext,
-                               ReadData, ReadLine, Session, Sleep, StartTls)
+from ..session.context import ListenerContext
+from ..session.machine import Session
+from ..session.requests import (PAUSE, UNAVAILABLE, Authenticate, Compute, Contains, Deliver, GetSecret, Sleep,
+                                StartTls)
 from .tls import tls_info
 
 if TYPE_CHECKING:
@@ -31,33 +35,30 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("smtpgate.server")
 
-LINE, DATA, BUSY = 1, 2, 3
-MAX_BUFFERED = 1 << 20          # stop reading from a client that pipelines faster than we answer
+#: Unsent replies beyond which no more input is parsed (pause_writing) until the client reads them, and
+#: unparsed input beyond which the socket is not read: what a client that never reads can make us hold.
+OUTPUT_HIGH_WATER = 64 * 1024
+MAX_BUFFERED = 64 * 1024
+_NO_ANSWER = object()
 
 
 class SmtpConnection(asyncio.Protocol):
-    __slots__ = ("server", "ctx", "transport", "session", "reader", "gen", "want", "line_limit", "last_active",
-                 "started", "write_paused", "handle", "closed", "reading_paused", "eof")
+    __slots__ = ("server", "ctx", "transport", "session", "pending", "write_paused", "closed", "reading_paused")
 
     def __init__(self, server: "Server", ctx: ListenerContext):
         self.server = server
         self.ctx = ctx
         self.transport: Any = None
         self.session: Session | None = None
-        self.reader = LineReader()
-        self.gen: Any = None
-        self.want: int | None = None
-        self.line_limit = 0
+        self.pending: Any = None          # the in-flight request's task or timer, or the next batch's callback
         self.write_paused = False
         self.reading_paused = False
-        self.handle: Any = None
         self.closed = False
-        self.eof = False
 
     # -- asyncio callbacks ---------------------------------------------------------------------------
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
-        self.started = self.last_active = time.monotonic()
+        transport.set_write_buffer_limits(high=OUTPUT_HIGH_WATER)
         peer = transport.get_extra_info("peername") or ("", 0)
         # A listener bound to one address knows its local end without a getsockname() per connection.
         sock = self.ctx.local_addr or transport.get_extra_info("sockname") or ("", 0)
@@ -69,7 +70,7 @@ class SmtpConnection(asyncio.Protocol):
             self.closed = True
             return
         try:
-            self.session = Session(self.ctx, peer[0], peer[1], sock[0], sock[1], info)
+            self.session = Session(self.ctx, peer[0], peer[1], sock[0], sock[1], info, now=self.server.clock.now())
         except Exception:
             log.exception("session setup failed")
             transport.write(R.INTERNAL)
@@ -78,54 +79,39 @@ class SmtpConnection(asyncio.Protocol):
         transport.write(self.session.greeting)
 
     def data_received(self, data: bytes) -> None:
-        if self.closed or self.session is None:
+        s = self.session
+        if self.closed or s is None:
             return
-        self.last_active = time.monotonic()
-        reader = self.reader
-        reader.feed(data)
-        if reader.total > self.session.params.transfer_limit:
-            self._abort(R.TRANSFER)
+        if not s.receive_data(data, self.server.clock.now()):
+            self._abort()
             return
-        want = self.want
-        if want is None:
-            self._advance(None)
-        elif want == LINE:
-            line = reader.next_line(self.line_limit)
-            if line is not None:
-                self.want = None
-                self._advance(line)
-        elif want == DATA:
-            result = reader.read_data()
-            if result is not None:
-                self.want = None
-                self._advance(result)
-        if not self.closed and reader.buffered > MAX_BUFFERED and not self.reading_paused:
+        if self.pending is None and not self.write_paused:
+            self._pump()
+        if not self.closed and s.buffered > MAX_BUFFERED and not self.reading_paused:
             self.reading_paused = True
             self.transport.pause_reading()
 
     def eof_received(self) -> bool:
         """The client half-closed. Commands it already sent are still answered (``printf ... | nc -N``);
         then the connection closes. TLS cannot stay half-open, so there the transport closes at once."""
-        self.eof = True
-        if self.closed or self.session is None:
+        s = self.session
+        if self.closed or s is None:
             return False
-        if self.want == BUSY:
-            # Work in flight: its answer and the replies to what is still buffered come first.
-            return self.transport.get_extra_info("ssl_object") is None
-        if self.want in (LINE, DATA):
-            self.want = None
-            self._advance(None)
-        return False
+        s.receive_eof()
+        if self.pending is None and not self.write_paused:
+            self._pump()
+        if self.closed:
+            return False
+        # Work in flight: its answer and the replies to what is still buffered come first.
+        return self.transport.get_extra_info("ssl_object") is None
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        if self.handle is not None:
-            self.handle.cancel()
-            self.handle = None
-        if self.gen is not None:
-            self.gen.close()
-            self.gen = None
+        if self.pending is not None:
+            self.pending.cancel()
+            self.pending = None
         if self.session is not None:
+            self.session.abandon()
             self.session.events.closed()
         self.server._unregister(self)
 
@@ -134,104 +120,65 @@ class SmtpConnection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.write_paused = False
-        if self.want is None and not self.closed:
-            self._advance(None)
+        if self.pending is None and not self.closed:
+            self._pump()
 
     # -- the pump ------------------------------------------------------------------------------------
-    def _advance(self, value: Any) -> None:
-        """Run handlers until one must wait (for input or async work) or input runs out."""
+    def _pump(self, answer: Any = _NO_ANSWER) -> None:
+        """Run the session until it waits for input, asks for async work, or pauses."""
         s = self.session
-        reader = self.reader
         try:
-            while not self.closed:
-                gen = self.gen
-                if gen is None:
-                    if s.closing:
-                        self._flush()
-                        self._close()
-                        return
-                    if self.write_paused:
-                        self._flush()
-                        return
-                    line = reader.next_line()
-                    if line is None:
-                        self._flush()
-                        if self.eof:
-                            self._close()
-                            return
-                        if self.reading_paused:
-                            self.reading_paused = False
-                            self.transport.resume_reading()
-                        return
-                    ev = s.events
-                    ev.command(line)
-                    self.gen = s.handle(line, reader.too_long_head if line is TOO_LONG else b"")
-                    if self.gen is None:
-                        ev.answered(s.out)
-                    value = None
-                    continue
-                try:
-                    req = gen.send(value)
-                except StopIteration:
-                    self.gen = None
-                    s.events.answered(s.out)
-                    continue
-                value = None
-                kind = type(req)
-                if kind is ReadLine:
-                    line = reader.next_line(req.limit)
-                    if line is None and not self.eof:      # after EOF the handler gets None
-                        self.want = LINE
-                        self.line_limit = req.limit
-                        self._flush()
-                        return
-                    value = line
-                elif kind is ReadData:
-                    reader.start_data(req.max_size)
-                    result = reader.read_data()
-                    if result is None and not self.eof:
-                        self.want = DATA
-                        self._flush()
-                        return
-                    value = result
-                elif kind is StartTls:
-                    # RFC 3207: nothing the client pipelined behind STARTTLS in cleartext may be executed.
-                    # Drop what is buffered and stop reading the raw socket now, synchronously: from here
-                    # on only the TLS layer reads it, and what our data_received then gets is decrypted.
-                    self._flush()
-                    reader.clear()
-                    self.transport.pause_reading()
-                    self.want = BUSY
-                    self.handle = asyncio.get_running_loop().create_task(self._serve(req))
-                    return
-                elif kind is Sleep:
-                    self._flush()
-                    self.want = BUSY
-                    self.handle = asyncio.get_running_loop().call_later(req.seconds, self._resume, None)
-                    return
-                else:
-                    now = _answer_now(req, self.server.observer)
-                    if now is not _LATER:
-                        value = now
-                        continue
-                    self._flush()
-                    self.want = BUSY
-                    self.handle = asyncio.get_running_loop().create_task(self._serve(req))
-                    return
+            while True:
+                req = s.advance() if answer is _NO_ANSWER else s.resume(answer)
+                if req is None or req is PAUSE:
+                    break
+                answer = _answer_now(req, self.server.observer)
+                if answer is _LATER:
+                    break
         except Exception:
             log.exception("internal error in session")
-            self._abort(R.INTERNAL)
+            s.out.append(R.INTERNAL)
+            self._abort()
+            return
+        self._flush()
+        if req is None:
+            if s.closing:
+                self._close()
+            elif self.reading_paused and s.buffered <= MAX_BUFFERED:
+                self.reading_paused = False
+                self.transport.resume_reading()
+        elif req is PAUSE:
+            # Give the loop back; carry on unless the client is not reading its replies (resume_writing).
+            if not self.write_paused:
+                self.pending = asyncio.get_running_loop().call_soon(self._continue)
+        elif type(req) is Sleep:
+            self.pending = self.server.clock.call_later(req.seconds, self._resume, None)
+        else:
+            if type(req) is StartTls:
+                # Stop reading the raw socket now, synchronously: from here on only the TLS layer reads
+                # it, and what data_received then gets is decrypted (the session dropped the cleartext).
+                self.transport.pause_reading()
+            self.pending = asyncio.get_running_loop().create_task(self._serve(req))
+
+    def _continue(self) -> None:
+        self.pending = None
+        if not self.closed and not self.write_paused:
+            self._pump()
 
     def _resume(self, value: Any) -> None:
-        self.handle = None
-        self.want = None
+        self.pending = None
         if not self.closed:
-            self._advance(value)
+            self._pump(value)
 
     async def _serve(self, req: Any) -> None:
         """Perform one async request and resume the session with its answer."""
+        observer = self.server.observer
+        timed = observer.enabled and type(req) in _LOOKUPS
+        started = time.monotonic() if timed else 0.0
         try:
             value = await self._perform(req)
+            if timed:
+                observer.lookup_answered(req.lookup.name, _outcome(value), time.monotonic() - started)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -241,13 +188,26 @@ class SmtpConnection(asyncio.Protocol):
 
     async def _perform(self, req: Any) -> Any:
         kind = type(req)
-        if kind is Authenticate or kind is GetSecret or kind is Contains:
-            observer = self.server.observer
-            started = time.monotonic() if observer.enabled else 0.0
-            answer = await self._lookup(req, kind)
-            if observer.enabled:
-                observer.lookup_answered(req.lookup.name, _outcome(answer), time.monotonic() - started)
-            return answer
+        if kind is Authenticate:
+            try:
+                async with asyncio.timeout(_bound(req.lookup)):
+                    return await req.lookup.authenticate(req.creds)
+            except (TimeoutError, Exception) as exc:  # noqa: BLE001 - any store failure is a tempfail
+                reason = "timeout" if isinstance(exc, TimeoutError) else type(exc).__name__
+                log.warning("lookup %s failed: %s", req.lookup.name, reason)
+                return AuthResult(Outcome.UNAVAILABLE, reason=reason)
+        if kind is GetSecret or kind is Contains:
+            try:
+                async with asyncio.timeout(_bound(req.lookup)):
+                    if kind is GetSecret:
+                        return await req.lookup.get_secret(req.username)
+                    return await req.lookup.contains(req.key)
+            except LookupUnavailable as exc:
+                log.warning("lookup %s unavailable: %s", req.lookup.name, exc)
+                return UNAVAILABLE
+            except (TimeoutError, Exception) as exc:  # noqa: BLE001
+                log.warning("lookup %s failed: %s", req.lookup.name, type(exc).__name__)
+                return UNAVAILABLE
         if kind is Compute:
             return await run_sync(req.fn, *req.args)
         if kind is StartTls:
@@ -257,27 +217,6 @@ class SmtpConnection(asyncio.Protocol):
             self.session.events.delivered(req.envelope, req.next_hop, results)
             return results
         raise TypeError(f"unknown request {req!r}")
-
-    async def _lookup(self, req: Any, kind: type) -> Any:
-        if kind is Authenticate:
-            try:
-                async with asyncio.timeout(_bound(req.lookup)):
-                    return await req.lookup.authenticate(req.creds)
-            except (TimeoutError, Exception) as exc:  # noqa: BLE001 - any store failure is a tempfail
-                reason = "timeout" if isinstance(exc, TimeoutError) else type(exc).__name__
-                log.warning("lookup %s failed: %s", req.lookup.name, reason)
-                return AuthResult(Outcome.UNAVAILABLE, reason=reason)
-        try:
-            async with asyncio.timeout(_bound(req.lookup)):
-                if kind is GetSecret:
-                    return await req.lookup.get_secret(req.username)
-                return await req.lookup.contains(req.key)
-        except LookupUnavailable as exc:
-            log.warning("lookup %s unavailable: %s", req.lookup.name, exc)
-            return UNAVAILABLE
-        except (TimeoutError, Exception) as exc:  # noqa: BLE001
-            log.warning("lookup %s failed: %s", req.lookup.name, type(exc).__name__)
-            return UNAVAILABLE
 
     async def _starttls(self) -> Any:
         ctxt = self.server._ssl_contexts.get(self.ctx.listener.id)
@@ -296,9 +235,8 @@ class SmtpConnection(asyncio.Protocol):
             except Exception:  # noqa: BLE001
                 pass
             return None
-        # No clear() here: the client may already have sent its first commands inside TLS, and the TLS
-        # layer may have handed them to data_received before this coroutine resumed.
         self.transport = transport
+        transport.set_write_buffer_limits(high=OUTPUT_HIGH_WATER)
         self.reading_paused = False
         info = tls_info(transport.get_extra_info("ssl_object"))
         self.session.events.starttls(info)
@@ -313,12 +251,14 @@ class SmtpConnection(asyncio.Protocol):
             self.transport.write(b"".join(out) if len(out) > 1 else out[0])
             out.clear()
 
-    def _abort(self, reply: bytes) -> None:
+    def _abort(self, reply: bytes | None = None) -> None:
+        """Send what the session has to say (and ``reply``), then close whatever is in flight."""
         if self.closed:
             return
         if self.session is not None:
             self._flush()
-        self.transport.write(reply)
+        if reply is not None:
+            self.transport.write(reply)
         self._close()
 
     def _close(self) -> None:
@@ -331,14 +271,13 @@ class SmtpConnection(asyncio.Protocol):
         self.server._unregister(self)
 
     def expire(self, now: float) -> None:
-        """Called by the server's sweeper: enforce session.timeout and session.duration."""
-        if self.closed or self.session is None:
+        """Called by the server's sweeper: the session's deadlines (session.timeout, .duration)."""
+        s = self.session
+        if self.closed or s is None:
             return
-        params = self.session.params
-        if now - self.started > params.duration:
-            self._abort(R.DURATION)
-        elif self.want != BUSY and now - self.last_active > params.timeout:
-            self._abort(R.TIMEOUT)
+        reply = s.deadline_reply(now)
+        if reply is not None:
+            self._abort(reply)
 
     def shutdown(self) -> None:
         """Grace time is over: tell the client and close."""
@@ -355,22 +294,18 @@ def _answer_now(req: Any, observer: Any) -> Any:
     try:
         if kind is Authenticate:
             result = req.lookup.authenticate_now(req.creds)
-            if result is None:
-                return _LATER
-            _count_now(observer, req, result)
-            return result
-        if kind is Contains:
+        elif kind is Contains:
             result = req.lookup.contains_now(req.key)
-            if result is None:
-                return _LATER
-            _count_now(observer, req, result)
-            return result
-        if kind is GetSecret:
+        elif kind is GetSecret:
             result = req.lookup.get_secret_now(req.username)
-            if result is None:
-                return _LATER
-            _count_now(observer, req, result[0])
-            return result[0]
+            result = None if result is None else result[0] if result[0] is not None else _NONE
+        else:
+            return _LATER
+        if result is None:
+            return _LATER
+        if observer.enabled:            # counted, not timed
+            observer.lookup_answered(req.lookup.name, _outcome(result))
+        return None if result is _NONE else result
     except Exception:  # noqa: BLE001 - a failing fast path falls back to the ordinary one
         log.exception("fast path of %s failed", getattr(req.lookup, "name", "?"))
     return _LATER
@@ -381,6 +316,10 @@ def _bound(lookup: Any) -> float:
     return float(getattr(lookup, "timeout", 30.0)) + 5.0
 
 
+_LOOKUPS = (Authenticate, GetSecret, Contains)
+_NONE = object()                # get_secret_now's "(None,)": known now, and unknown user
+
+
 def _outcome(answer: Any) -> str:
     """A lookup answer as a metric outcome: positive (valid / found / member), negative, unavailable."""
     if answer is UNAVAILABLE:
@@ -388,10 +327,4 @@ def _outcome(answer: Any) -> str:
     if isinstance(answer, AuthResult):
         return "positive" if answer.outcome is Outcome.VALID else \
             "unavailable" if answer.outcome is Outcome.UNAVAILABLE else "negative"
-    return "positive" if answer else "negative"
-
-
-def _count_now(observer: Any, req: Any, answer: Any) -> None:
-    """Answers at hand (in-memory lists, cache hits) are counted, not timed."""
-    if observer.enabled:
-        observer.lookup_answered(req.lookup.name, _outcome(answer))
+    return "positive" if answer and answer is not _NONE else "negative"

@@ -7,7 +7,7 @@ import tempfile
 
 from ..config.model import CertificateSettings, ListenerTls
 from ..sasl.base import ChannelBinding
-from ..session.machine import TlsInfo
+from ..session.requests import TlsInfo
 
 _VERSIONS = {"TLSv1.2": ssl.TLSVersion.TLSv1_2, "TLSv1.3": ssl.TLSVersion.TLSv1_3}
 

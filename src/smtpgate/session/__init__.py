@@ -1,7 +1,7 @@
-"""The SMTP session, sans-IO: ``machine`` holds the state machine; one module per stage."""
-from . import machine
-from .machine import ListenerContext, Session, TlsInfo
-
-machine._init()
+"""The SMTP session, sans-IO: ``machine`` holds the states, the command table and the pump; one module
+per stage; ``requests`` is what a stage may ask of the transport."""
+from .context import ListenerContext
+from .machine import Session
+from .requests import TlsInfo
 
 __all__ = ["ListenerContext", "Session", "TlsInfo"]

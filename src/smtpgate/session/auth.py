@@ -4,12 +4,14 @@ Where each key acts:
   ``session.auth.mechanisms``       -> :func:`configured`   (evaluated at every EHLO and AUTH)
   ``session.auth.allow-plain-text`` -> :func:`_usable`
   ``session.auth.lookup``           -> ``params.auth_lookup``  (connect stage, evaluated at session start)
-  ``session.auth.require``          -> ``params.auth_require`` (checked by the dispatcher: 530 5.7.0)
-  ``session.auth.errors.total``     -> :func:`_fail`  (disconnect with 421 once reached)
-  ``session.auth.errors.wait``      -> :func:`_fail`  (an awaited ``Sleep`` before every counted failure)
+  ``session.auth.require``          -> ``params.auth_require`` (machine.COMMANDS ``requires_auth``: 530 5.7.0)
+  ``session.auth.errors.total``     -> :func:`_reply_failure`  (disconnect with 421 once reached)
+  ``session.auth.errors.wait``      -> :func:`_count_failure`  (the awaited ``Sleep`` before every counted
+                                       failure reply -- the one place it is applied)
 
 Order of checks for ``AUTH <mech> [ir]`` (first that applies wins): AUTH disabled (503) -> already
-authenticated (503) -> inside a mail transaction (503) -> no EHLO yet (503) -> missing mechanism (501)
+authenticated (503) [:func:`refusal`, the table's guard] -> inside a mail transaction (503) -> no EHLO yet
+(503) [the table's states, then :func:`auth` for HELO-not-EHLO] -> missing mechanism (501)
 -> unknown / not offered / lookup can't verify it (504) -> cleartext-sensitive without TLS (538) ->
 initial response to a server-first mechanism (501 5.7.0) -> the exchange itself. "Not usable" (504) is
 decided before the TLS rule (538): 538 promises that the mechanism would work over TLS.
@@ -23,16 +25,12 @@ from typing import TYPE_CHECKING, Generator
 from .. import sasl
 from ..lookup.base import AuthResult, Outcome
 from ..protocol import replies as R
-from ..protocol.reader import SASL_LINE_LIMIT, TOO_LONG
+from ..protocol.reader import TOO_LONG
 from ..sasl.base import Challenge, Failure, NeedSecret, Success, Verify
-from .machine import UNAVAILABLE, Authenticate, Compute, GetSecret, ReadLine, Sleep
+from .requests import UNAVAILABLE, Authenticate, Compute, GetSecret, ReadLine, Sleep
 
 if TYPE_CHECKING:
     from .machine import Session
-
-# RFC 4954 §4 sizes the authentication buffer at 12 288 octets of response (the base64 text, as Postfix's
-# smtpd_sasl_response_limit counts it); the reader's limits include the CRLF, hence the + 2.
-RESPONSE_LIMIT = SASL_LINE_LIMIT + 2
 
 
 def configured(s: "Session") -> tuple[str, ...]:
@@ -60,24 +58,25 @@ def advertised(s: "Session") -> list[str]:
     return [m for m in configured(s) if _usable(s, m, allow_plain)]
 
 
-def auth(s: "Session", arg: str) -> Generator | None:
-    mechs = configured(s)
-    if s.params.auth_lookup is None or not mechs:
-        s.reply(R.AUTH_DISABLED)
-        return None
+def refusal(s: "Session") -> bytes | None:
+    """What refuses AUTH before the session's state is even looked at (SPEC §4.2 order)."""
+    if s.params.auth_lookup is None or not configured(s):
+        return R.AUTH_DISABLED
     if s.auth_account is not None:
-        s.reply(R.AUTH_ALREADY)
-        return None
-    if s.mail_from is not None:
-        s.reply(R.AUTH_IN_TRANSACTION)
-        return None
-    if s.helo is None or not s.esmtp:
-        s.reply(R.BAD_SEQUENCE_EHLO)
+        return R.AUTH_ALREADY
+    return None
+
+
+def auth(s: "Session", arg: str) -> Generator | None:
+    """Reached in the GREETED state, not yet authenticated, with AUTH enabled (machine.COMMANDS)."""
+    if not s.esmtp:
+        s.reply(R.BAD_SEQUENCE_EHLO)        # HELO, not EHLO: the client never saw AUTH offered
         return None
     parts = arg.split(" ") if arg else []
     if not parts or len(parts) > 2 or not parts[0]:
         s.reply(R.AUTH_SYNTAX)
         return None
+    mechs = configured(s)
     name = parts[0].upper()
     # 504 for what could never run here (unknown, not configured, the lookup cannot verify it, -PLUS
     # without channel binding) before 538, which tells the client that TLS would make it work.
@@ -105,7 +104,7 @@ def too_long(s: "Session", mechanism: str = "-") -> Generator | None:
     if s.params.auth_lookup is None or not configured(s) or s.auth_account is not None or s.mail_from is not None:
         s.reply(R.LINE_TOO_LONG)          # no AUTH exchange could have started: an ordinary long line
         return None
-    return _fail(s, R.AUTH_LINE_TOO_LONG, mechanism.upper()[:20] or "-", "", "malformed")
+    return _failed(s, _Verdict(R.AUTH_LINE_TOO_LONG, mechanism.upper()[:20] or "-", "", "malformed"))
 
 
 def _decode(text: bytes) -> bytes | None:
@@ -115,37 +114,74 @@ def _decode(text: bytes) -> bytes | None:
         return None
 
 
+class _Verdict:
+    """How an exchange failed: the reply, and what the log line says. ``counted``: the failure was
+    already counted (and waited for) before the client heard of it -- the OAuth error challenge."""
+    __slots__ = ("reply", "mechanism", "user", "result", "counted")
+
+    def __init__(self, reply: bytes, mechanism: str, user: str, result: str, counted: bool = False):
+        self.reply, self.mechanism, self.user, self.result, self.counted = reply, mechanism, user, result, counted
+
+
 def _exchange(s: "Session", name: str, mech, initial: str | None) -> Generator:
+    s.auth_started()
+    try:
+        verdict = yield from _dialogue(s, name, mech, initial)
+        if verdict is not None:
+            yield from _failed(s, verdict)
+    finally:
+        s.auth_ended()
+
+
+def _failed(s: "Session", verdict: _Verdict) -> Generator:
+    if not verdict.counted:
+        yield from _count_failure(s, verdict.mechanism, verdict.user, verdict.result)
+    _reply_failure(s, verdict.reply)
+
+
+def _count_failure(s: "Session", mechanism: str, user: str, result: str) -> Generator:
+    """A counted authentication failure: count it, log it, and wait ``session.auth.errors.wait`` (a timer
+    of this session only) before the client hears anything."""
+    s.auth_failures += 1
+    _log(s, mechanism, user, result)
+    yield Sleep(s.params.auth_errors_wait)
+
+
+def _reply_failure(s: "Session", reply: bytes) -> None:
+    s.reply(reply)
+    if s.auth_failures >= s.params.auth_errors_total:
+        s.close(R.AUTH_TOO_MANY)
+
+
+def _dialogue(s: "Session", name: str, mech, initial: str | None) -> Generator:
+    """The SASL exchange. Returns None when it ended without a counted failure (success, tempfail, the
+    client left), else the :class:`_Verdict` to count and answer."""
     lookup = s.params.auth_lookup
     user = ""
-    precounted = False   # an OAuth rejection already counted, logged and waited for (see Verify)
+    counted = False   # this attempt's failure was already counted (OAuth error challenge, see Verify)
     if initial is None:
         action = mech.start(None)
     else:
         data = b"" if initial == "=" else _decode(initial.encode("ascii", "replace"))
         if data is None:
-            yield from _fail(s, R.AUTH_BAD_BASE64, name, user, "malformed")
-            return
+            return _Verdict(R.AUTH_BAD_BASE64, name, user, "malformed")
         action = mech.start(data)
     while True:
         if isinstance(action, Challenge):
             s.reply(b"334 " + base64.b64encode(action.data) + b"\r\n" if action.data else R.AUTH_EMPTY_CHALLENGE)
-            line = yield ReadLine(RESPONSE_LIMIT)
+            line = yield ReadLine()
             if line is None:            # client went away mid-exchange
-                s.closing = True
-                return
+                s.close()
+                return None
             # LOGIN knows its user before the lookup sees it; log that name if the exchange fails here.
             user = user or getattr(mech, "claimed_user", "")
             if line is TOO_LONG:
-                yield from _fail(s, R.AUTH_LINE_TOO_LONG, name, user, "malformed", precounted)
-                return
+                return _Verdict(R.AUTH_LINE_TOO_LONG, name, user, "malformed", counted)
             if line == b"*":
-                yield from _fail(s, R.AUTH_CANCELLED, name, user, "cancelled", precounted)
-                return
+                return _Verdict(R.AUTH_CANCELLED, name, user, "cancelled", counted)
             data = _decode(line)
             if data is None:
-                yield from _fail(s, R.AUTH_BAD_BASE64, name, user, "malformed", precounted)
-                return
+                return _Verdict(R.AUTH_BAD_BASE64, name, user, "malformed", counted)
             action = mech.respond(data)
         elif isinstance(action, Verify):
             user = action.creds.username
@@ -155,45 +191,41 @@ def _exchange(s: "Session", name: str, mech, initial: str | None) -> Generator:
             if result.outcome is Outcome.UNAVAILABLE:
                 _log(s, name, user, "tempfail", result.reason)
                 s.reply(R.AUTH_TEMPFAIL)
-                return
+                return None
             action = mech.verified(result)
             if result.outcome is Outcome.INVALID and isinstance(action, Challenge):
                 # OAuth error challenge (RFC 7628 §3.2.2): it already tells the client the token is bad,
                 # so count, log and wait *before* sending it -- a client that hangs up instead of
                 # answering must not get a free, unlogged token check.
-                s.auth_failures += 1
-                _log(s, name, user, "invalid")
-                yield Sleep(s.params.auth_errors_wait)
-                precounted = True
+                yield from _count_failure(s, name, user, "invalid")
+                counted = True
         elif isinstance(action, NeedSecret):
             user = action.username
             record = yield GetSecret(lookup, action.username)
             if record is UNAVAILABLE:
                 _log(s, name, user, "tempfail", "secret lookup unavailable")
                 s.reply(R.AUTH_TEMPFAIL)
-                return
+                return None
             if mech.secret_is_costly(record):
                 action = yield Compute(mech.secret, (record,))   # e.g. PBKDF2: never on the event loop
                 if action is None:
                     _log(s, name, user, "tempfail", "secret processing failed")
                     s.reply(R.AUTH_TEMPFAIL)
-                    return
+                    return None
             else:
                 action = mech.secret(record)
         elif isinstance(action, Success):
             if action.final_data is not None:
                 # RFC 4954 §4: additional data with success goes in a 334; the client answers empty.
                 s.reply(b"334 " + base64.b64encode(action.final_data) + b"\r\n")
-                line = yield ReadLine(RESPONSE_LIMIT)
+                line = yield ReadLine()
                 if line is None:
-                    s.closing = True
-                    return
+                    s.close()
+                    return None
                 if line == b"*":
-                    yield from _fail(s, R.AUTH_CANCELLED, name, action.account, "cancelled", precounted)
-                    return
+                    return _Verdict(R.AUTH_CANCELLED, name, action.account, "cancelled", counted)
                 if line not in (b"", b"="):
-                    yield from _fail(s, R.AUTH_MALFORMED, name, action.account, "malformed", precounted)
-                    return
+                    return _Verdict(R.AUTH_MALFORMED, name, action.account, "malformed", counted)
             if action.authzid:
                 # RFC 4616 §2: a granted authzid is who the client now *is* (like a Dovecot master user
                 # logging in as someone else): the session acts as that identity and owns its address only.
@@ -208,31 +240,18 @@ def _exchange(s: "Session", name: str, mech, initial: str | None) -> Generator:
             s.vars.authenticated_as = account.lower()
             _log(s, name, action.account, "success")
             s.reply(R.AUTH_OK)
-            return
+            return None
         elif isinstance(action, Failure):
             user = action.username or user
             if action.kind == "unavailable":
                 _log(s, name, user, "tempfail", action.detail)
                 s.reply(R.AUTH_TEMPFAIL)
-            elif action.kind == "malformed":
-                yield from _fail(s, R.AUTH_MALFORMED, name, user, "malformed", precounted)
-            else:
-                yield from _fail(s, R.AUTH_INVALID, name, user, "invalid", precounted)
-            return
+                return None
+            if action.kind == "malformed":
+                return _Verdict(R.AUTH_MALFORMED, name, user, "malformed", counted)
+            return _Verdict(R.AUTH_INVALID, name, user, "invalid", counted)
         else:  # pragma: no cover - the mechanism broke its contract
             raise TypeError(f"unexpected SASL action {action!r}")
-
-
-def _fail(s: "Session", reply: bytes, name: str, user: str, result: str, counted: bool = False) -> Generator:
-    """A counted failure: wait ``errors.wait`` (this session only), reply, disconnect at ``errors.total``.
-    ``counted``: this attempt was already counted, logged and delayed (OAuth error challenge)."""
-    if not counted:
-        s.auth_failures += 1
-        _log(s, name, user, result)
-        yield Sleep(s.params.auth_errors_wait)
-    s.reply(reply)
-    if s.auth_failures >= s.params.auth_errors_total:
-        s.close(R.AUTH_TOO_MANY)
 
 
 def _log(s: "Session", mech: str, user: str, result: str, reason: str = "") -> None:

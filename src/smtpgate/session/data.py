@@ -8,31 +8,20 @@ from typing import TYPE_CHECKING, Generator
 
 from ..delivery.base import Envelope, RcptResult
 from ..protocol import replies as R
-from .machine import Deliver, ReadData
+from .requests import Deliver, ReadData
 
 if TYPE_CHECKING:
     from .machine import Session
 
 
-def data(s: "Session", arg: str) -> Generator | None:
-    if arg:
-        s.reply(R.DATA_SYNTAX)
-        return None
-    if s.mail_from is None:
-        s.reply(R.BAD_SEQUENCE_MAIL)
-        return None
-    if not s.rcpts:
-        s.reply(R.DATA_NO_RCPT)
-        return None
-    return _receive(s)
-
-
-def _receive(s: "Session") -> Generator:
+def data(s: "Session", arg: str) -> Generator:
+    """Reached only with recipients and no argument (machine.COMMANDS)."""
     max_size = s.ctx.settings.session.data_max_size.evaluate(s.vars)
     s.reply(R.DATA_GO)
+    s.data_started()
     result = yield ReadData(max_size)
     if result is None:
-        s.closing = True
+        s.close()
         return
     rcpts = list(s.rcpts)
     if result.too_big:
@@ -50,7 +39,7 @@ def _receive(s: "Session") -> Generator:
     s.reset_transaction()
     s.messages += 1
     if not isinstance(results, list) or len(results) != len(rcpts):
-        results = [RcptResult(451, "4.3.0 Delivery failed, try again later")] * len(rcpts)
+        results = [RcptResult.from_reply(R.DELIVERY_FAILED)] * len(rcpts)
     if s.ctx.lmtp:
         for r in results:
             s.reply(r.line())

@@ -15,10 +15,7 @@ def _greet(s: "Session", arg: str, esmtp: bool, syntax: bytes) -> bool:
     if not domain or " " in domain:
         s.reply(syntax)
         return False
-    s.reset_transaction()
-    s.helo = domain
-    s.esmtp = esmtp
-    s.vars.helo_domain = domain.lower()
+    s.greeted(domain, esmtp)
     return True
 
 

@@ -12,9 +12,6 @@ if TYPE_CHECKING:
 
 
 def mail(s: "Session", arg: str) -> None:
-    if s.mail_from is not None:
-        s.reply(R.NESTED_MAIL)
-        return
     try:
         addr, params = parse_path_and_params(arg, "FROM:")
     except ParseError as exc:
@@ -57,9 +54,7 @@ def mail(s: "Session", arg: str) -> None:
     if auth_param is not None:
         auth_param = auth_param if (s.auth_account is not None and auth_param != "<>" and
                                     owns(s, auth_param.lower())) else "<>"
-    s.mail_from = addr
-    s.mail_params = params
-    s.auth_param = auth_param
+    s.mail_accepted(addr, params, auth_param)
     s.reply(R.MAIL_OK)
 
 

@@ -14,16 +14,13 @@ from typing import TYPE_CHECKING, Generator
 
 from ..protocol import replies as R
 from ..protocol.commands import ParseError, parse_params, split_path
-from .machine import UNAVAILABLE, Contains
+from .requests import UNAVAILABLE, Contains
 
 if TYPE_CHECKING:
     from .machine import Session
 
 
 def rcpt(s: "Session", arg: str) -> Generator | None:
-    if s.mail_from is None:
-        s.reply(R.BAD_SEQUENCE_MAIL)
-        return None
     try:
         addr, params_text = split_path(arg, "TO:")
     except ParseError as exc:
@@ -69,7 +66,7 @@ def _check(s: "Session", addr, params_text: str) -> Generator:
         if not answer:
             s.reply(R.RCPT_UNKNOWN)
             return
-    s.rcpts.append(addr)
+    s.rcpt_accepted(addr)
     s.reply(R.RCPT_OK)
 
 

@@ -5,16 +5,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Generator
 
 from ..protocol import replies as R
-from .machine import StartTls
+from .requests import StartTls
 
 if TYPE_CHECKING:
     from .machine import Session
 
 
 def starttls(s: "Session", arg: str) -> Generator | None:
-    if arg:
-        s.reply(R.STARTTLS_SYNTAX)
-        return None
     if s.tls is not None:
         s.reply(R.STARTTLS_ACTIVE)
         return None

@@ -1,4 +1,4 @@
-"""Commands with no stage of their own: RSET, NOOP, QUIT, HELP, VRFY/EXPN, BDAT."""
+"""Commands with no stage of their own: RSET, NOOP, QUIT, HELP, VRFY/EXPN, BDAT (refused)."""
 from __future__ import annotations
 
 from typing import TYPE_CHECKING

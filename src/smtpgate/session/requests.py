@@ -1,0 +1,88 @@
+"""What a stage may ask of the outside world, and what the answer is.
+
+A stage handler is a generator; it yields one of these and is resumed with the answer. Two of them are
+answered by the session itself from its own input (``ReadLine``, ``ReadData``: the next SASL line, the
+message body); every other one goes out to the transport (``server/connection.py``), which performs it
+and hands the answer back with ``Session.resume``. Tests answer them by hand.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ..delivery.base import Envelope
+from ..lookup.base import Credentials, Lookup, Outcome
+from ..protocol.reader import SASL_LINE_LIMIT
+
+#: "The store could not answer" -- the one spelling, for every request whose answer may be unavailable
+#: (an ``Authenticate`` answers with an ``AuthResult`` whose outcome is this same value).
+UNAVAILABLE = Outcome.UNAVAILABLE
+
+
+# --- answered by the session from its input ------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class ReadLine:
+    limit: int = SASL_LINE_LIMIT        # answer: bytes, or protocol.reader.TOO_LONG, or None (EOF)
+
+
+@dataclass(frozen=True, slots=True)
+class ReadData:
+    max_size: int                       # answer: protocol.reader.DataResult, or None (EOF)
+
+
+# --- performed by the transport ------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Authenticate:
+    lookup: Lookup
+    creds: Credentials                  # answer: lookup.base.AuthResult (UNAVAILABLE outcome on error/timeout)
+
+
+@dataclass(frozen=True, slots=True)
+class GetSecret:
+    lookup: Lookup
+    username: str                       # answer: SecretRecord | None, or UNAVAILABLE
+
+
+@dataclass(frozen=True, slots=True)
+class Contains:
+    lookup: Lookup
+    key: str                            # answer: bool, or UNAVAILABLE
+
+
+@dataclass(frozen=True, slots=True)
+class Sleep:
+    seconds: float                      # answer: None (a timer of this session only, never a blocking sleep)
+
+
+@dataclass(frozen=True, slots=True)
+class StartTls:
+    pass                                # answer: TlsInfo | None (handshake failed: close)
+
+
+@dataclass(frozen=True, slots=True)
+class Deliver:
+    envelope: Envelope                  # answer: list[RcptResult]
+    next_hop: str | None = None         # queue.outbound.next-hop: "remote/<id>", or None for the spool
+
+
+@dataclass(frozen=True, slots=True)
+class Compute:
+    fn: Any                             # CPU-heavy, thread-safe callable (SCRAM key derivation)
+    args: tuple                         # answer: fn(*args), run in the hash executor; None if it raised
+
+
+class Pause:
+    """Not a question: the session answered a bounded batch of pipelined commands (or has a lot of
+    output unsent) and gives the event loop back. The transport calls ``Session.advance`` again soon."""
+    __slots__ = ()
+
+
+PAUSE = Pause()
+
+
+@dataclass(frozen=True, slots=True)
+class TlsInfo:
+    """What a finished TLS handshake tells the session (the answer to ``StartTls``)."""
+    version: str                        # "TLSv1.3"
+    cipher: str
+    channel_binding: Any = None         # sasl.base.ChannelBinding | None
