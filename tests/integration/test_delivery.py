@@ -1,5 +1,5 @@
 """Where accepted mail goes (SPEC §6, issue 5): the next hop over LMTP (a real Dovecot delivering into a
-Maildir) and SMTP (a second smtpgate), failures of the next hop, and the library hand-off."""
+Maildir) and SMTP (aiosmtpd, an independent server), failures of the next hop, and the library hand-off."""
 from __future__ import annotations
 
 import asyncio
@@ -9,11 +9,13 @@ import time
 import uuid
 from pathlib import Path
 
+import pytest
 
 import smtpgate
 from smtpgate.delivery.spool import read_message
 from tests.fixtures.dovecot import DovecotServer, black_hole, dovecot, dovecot_session  # noqa: F401
 from tests.fixtures.server import SERVER_HEAD, listeners, run_server
+from tests.support import free_port
 from tests.smtpclient import Raw, client_tls
 from tests.support import free_port
 
@@ -197,59 +199,66 @@ def test_next_hop_black_hole_times_out(tmp_path: Path, dovecot: DovecotServer, b
         assert srv.spool_files() == []
 
 
-# --- SMTP next hop: a second smtpgate with its own spool --------------------------------------------
-HOP = """
-[server]
-hostname = "hop.test"
+# --- SMTP next hop: an independent server (aiosmtpd) ---------------------------------------------
+class HopHandler:
+    """aiosmtpd handler: the hop knows two mailboxes and keeps what it accepts."""
 
-[server.listener.smtp]
-bind = ["127.0.0.1:0"]
+    def __init__(self) -> None:
+        self.messages: list = []
 
-[session.rcpt.lookup]
-domains = "list/domains"
-addresses = "list/mailboxes"
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        if address not in ("alice@example.test", "bob@example.test"):
+            return "550 5.1.1 No such user here"
+        envelope.rcpt_tos.append(address)
+        return "250 2.1.5 OK"
 
-[list]
-domains = ["example.test"]
-mailboxes = ["alice@example.test", "bob@example.test"]
-
-[queue]
-path = "{tmp}/spool"
-"""
+    async def handle_DATA(self, server, session, envelope):
+        self.messages.append((session.host_name, envelope.mail_from, list(envelope.rcpt_tos), envelope.content))
+        return "250 2.0.0 Ok: queued"
 
 
-def test_smtp_next_hop(tmp_path: Path) -> None:
-    with run_server(HOP, tmp_path / "hop") as hop:
-        config = BASE + f"""
+@pytest.fixture()
+def aiosmtpd_hop():
+    from aiosmtpd.controller import Controller
+    handler = HopHandler()
+    port = free_port()              # aiosmtpd's readiness check cannot follow port 0
+    controller = Controller(handler, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        yield handler, port
+    finally:
+        controller.stop()
+
+
+def test_smtp_next_hop(tmp_path: Path, aiosmtpd_hop) -> None:
+    hop, port = aiosmtpd_hop
+    config = BASE + f"""
 [remote.hop]
 address = "127.0.0.1"
-port = {hop.port("smtp")}
+port = {port}
 protocol = "smtp"
 timeout = "5s"
 
 [queue.outbound]
 next-hop = "remote/hop"
 """
-        with run_server(config, tmp_path / "front") as srv:
-            c = submission_session(srv)
-            assert transaction(c, "john@local.test", ["alice@example.test", "bob@example.test"],
-                               message("one")).startswith("250 ")
-            # The hop refuses one recipient at RCPT: nothing is sent, the refusal is passed back.
-            reply = transaction(c, "john@local.test", ["alice@example.test", "nobody@example.test"],
-                                message("two"))
-            assert reply.startswith("550 5.1.1"), reply
-            c.close()
-            assert srv.spool_files() == []
-        files = hop.spool_files()
-        assert len(files) == 1
-        env, msg = read_message(str(files[0]))
-        assert env["mail_from"] == "john@local.test"
-        assert env["rcpt_to"] == ["alice@example.test", "bob@example.test"]
-        assert env["helo"] == "mx.test"
-        # The hop's Received on top of ours, which records the authenticated submission.
-        assert msg.index(b"by hop.test (smtpgate)") < msg.index(b"by mx.test (smtpgate)")
-        assert b"with ESMTPSA id" in msg and b"(authenticated as john@local.test)" in msg
-        assert msg.endswith(b"Hello one\r\n.line starting with a dot\r\n")
+    with run_server(config, tmp_path / "front") as srv:
+        c = submission_session(srv)
+        assert transaction(c, "john@local.test", ["alice@example.test", "bob@example.test"],
+                           message("one")).startswith("250 ")
+        # The hop refuses one recipient at RCPT: nothing is sent, the refusal is passed back.
+        reply = transaction(c, "john@local.test", ["alice@example.test", "nobody@example.test"],
+                            message("two"))
+        assert reply.startswith("550 5.1.1"), reply
+        c.close()
+        assert srv.spool_files() == []
+    assert len(hop.messages) == 1
+    helo, mail_from, rcpts, msg = hop.messages[0]
+    assert (helo, mail_from, rcpts) == ("mx.test", "john@local.test", ["alice@example.test", "bob@example.test"])
+    # Our Received header records the authenticated submission; the body arrives dot-unstuffed.
+    assert msg.startswith(b"Received: from ") and b"by mx.test (smtpgate)" in msg
+    assert b"with ESMTPSA id" in msg and b"(authenticated as john@local.test)" in msg
+    assert msg.endswith(b"Hello one\r\n.line starting with a dot\r\n")
 
 
 # --- library hand-off --------------------------------------------------------------------------------

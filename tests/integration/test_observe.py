@@ -7,6 +7,7 @@ import base64
 import hashlib
 import re
 import shutil
+import socket
 import ssl
 import subprocess
 import time
@@ -437,3 +438,29 @@ tls.implicit = true
         assert "smtpgate_connections" in names
         with pytest.raises(httpx.RemoteProtocolError):
             httpx.get(f"http://127.0.0.1:{srv.port('mgmt')}/healthz", timeout=10)   # no cleartext
+
+
+def test_implicit_tls_handshakes_counted(tmp_path):
+    config = SERVER_HEAD + listeners("submissions", implicit=("submissions",)) + """
+[server.listener.mgmt]
+bind = "127.0.0.1:0"
+protocol = "http"
+"""
+    with run_server(config, tmp_path / "srv") as srv:
+        ok = Raw(srv.port("submissions"), tls=client_tls(srv.ca_file))
+        assert ok.greeting.startswith("220 ")
+        ok.close()
+        with socket.create_connection(("127.0.0.1", srv.port("submissions")), timeout=10) as raw:
+            raw.sendall(b"EHLO not-tls\r\n" * 20)      # not a TLS ClientHello
+            raw.settimeout(10)
+            while raw.recv(4096):
+                pass
+
+        def counted() -> bool:
+            s = scrape(srv)
+            return value(s, "smtpgate_tls_handshakes_total", listener="submissions", kind="implicit",
+                         result="failed") == 1
+        wait_for(counted)
+        s = scrape(srv)
+        assert value(s, "smtpgate_tls_handshakes_total", listener="submissions", kind="implicit", result="ok") == 1
+        assert value(s, "smtpgate_connections_total", listener="submissions") == 1     # sessions only

@@ -27,6 +27,11 @@ allow-plain-text = true
 [session.auth.errors]
 wait = "1ms"
 
+# test_malformed_auth_parameter keeps one session going through more bad commands than the default
+# session.errors.total (20).
+[session.errors]
+total = 1000
+
 [session.rcpt.lookup]
 domains = "list/domains"
 

@@ -108,7 +108,7 @@ class ListenerTls:              # server.tls.* overridden by server.listener.<id
     implicit: bool = False      # .tls.implicit
     certificate: str | None = None  # .tls.certificate (id of [certificate."<id>"])
     protocols: tuple[str, ...] = ("TLSv1.2", "TLSv1.3")  # .tls.protocols
-    timeout: float = 60.0       # .tls.timeout (handshake)
+    timeout: float = 10.0       # .tls.timeout (handshake; a silent client holds a slot that long)
     ignore_client_order: bool = True  # .tls.ignore-client-order
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import resource
 import socket
 import ssl
 import time
@@ -56,11 +57,14 @@ class Server:
         self._sweeper: Any = None
         self._stopping = False
         self._stopped = asyncio.Event()
+        self._connection_budget = 1 << 30     # set from RLIMIT_NOFILE at start()
+        self._budget_warned = False
         self.observer = Observer(self)          # metrics, log events, the management (http) listener
 
     # -- life cycle ----------------------------------------------------------------------------------
     async def start(self) -> "Server":
         s = self.settings
+        self._connection_budget = _connection_budget(raise_nofile_limit())
         self.lookups = registry.build(s)
         self.lookups.update(self._custom_lookups)
         for lk in registry.unique(self.lookups):
@@ -86,10 +90,10 @@ class Server:
             servers = []
             for host, port in listener.binds:
                 family = socket.AF_INET6 if ":" in host else socket.AF_INET
+                # Implicit TLS too is a plain TCP server: the connection handshakes itself after accept
+                # (SmtpConnection.connection_made), so it is counted while it handshakes.
                 srv = await loop.create_server(
                     lambda ctx=ctx: SmtpConnection(self, ctx), host, port, family=family,
-                    ssl=ssl_ctx if listener.tls.implicit else None,
-                    ssl_handshake_timeout=listener.tls.timeout if listener.tls.implicit else None,
                     reuse_address=True, backlog=1024)
                 servers.append(srv)
                 for sock in srv.sockets:
@@ -162,6 +166,14 @@ class Server:
         count = self._per_listener.get(ident, 0)
         if self._stopping or count >= conn.ctx.listener.max_connections:
             return False
+        if len(self._connections) >= self._connection_budget:
+            # Out of file descriptors soon: refuse at once rather than let accept() fail (asyncio then
+            # stops accepting for a second) or a served session's lookup or spool file find none left.
+            if not self._budget_warned:
+                self._budget_warned = True
+                log.warning("connection refused: %d connections use the file descriptors left "
+                            "(RLIMIT_NOFILE); raise `ulimit -n`", len(self._connections))
+            return False
         self._per_listener[ident] = count + 1
         self._connections.add(conn)
         return True
@@ -188,6 +200,34 @@ class Server:
             conn.expire(now)
         if not self._stopped.is_set():
             self._sweeper = self.clock.call_later(SWEEP_INTERVAL, self._sweep)
+
+
+#: File descriptors kept out of the connection budget: listeners, lookups' and next hops' connections,
+#: spool files, logs -- what served sessions need to finish.
+FD_RESERVE_MIN = 64
+
+
+def raise_nofile_limit() -> int:
+    """Raise RLIMIT_NOFILE's soft limit to the hard limit (each connection is a descriptor), log it, and
+    return the limit now in force."""
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (OSError, ValueError):  # pragma: no cover - no such limit here
+        return 1 << 20
+    if hard != resource.RLIM_INFINITY and soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            log.info("file descriptors: RLIMIT_NOFILE raised from %d to %d", soft, hard)
+            soft = hard
+        except (OSError, ValueError) as exc:
+            log.warning("file descriptors: cannot raise RLIMIT_NOFILE from %d to %d: %s", soft, hard, exc)
+    else:
+        log.info("file descriptors: RLIMIT_NOFILE is %s", "unlimited" if soft == resource.RLIM_INFINITY else soft)
+    return soft if soft != resource.RLIM_INFINITY else 1 << 20
+
+
+def _connection_budget(nofile: int) -> int:
+    return max(8, nofile - max(FD_RESERVE_MIN, nofile // 10))
 
 
 def _fmt(addr: Any) -> str:

@@ -43,7 +43,8 @@ _NO_ANSWER = object()
 
 
 class SmtpConnection(asyncio.Protocol):
-    __slots__ = ("server", "ctx", "transport", "session", "pending", "write_paused", "closed", "reading_paused")
+    __slots__ = ("server", "ctx", "transport", "session", "pending", "write_paused", "closed", "reading_paused",
+                 "early")
 
     def __init__(self, server: "Server", ctx: ListenerContext):
         self.server = server
@@ -54,33 +55,64 @@ class SmtpConnection(asyncio.Protocol):
         self.write_paused = False
         self.reading_paused = False
         self.closed = False
+        self.early: list[bytes] | None = None   # decrypted input that came before the session (implicit TLS)
 
     # -- asyncio callbacks ---------------------------------------------------------------------------
     def connection_made(self, transport: Any) -> None:
+        """At accept, before any TLS: the connection counts toward max-connections from here, so clients
+        that never finish (or never start) a handshake cannot open connections without bound."""
         self.transport = transport
+        implicit = self.ctx.listener.tls.implicit
+        if not self.server._register(self):
+            self.closed = True
+            peer = transport.get_extra_info("peername") or ("", 0)
+            self.ctx.events.connection_refused("max-connections", peer[0], peer[1])
+            if implicit:
+                transport.abort()          # no cleartext reply on a TLS port; the cheapest refusal
+            else:
+                transport.write(R.TOO_MANY_CONNECTIONS)
+                transport.close()
+            return
         transport.set_write_buffer_limits(high=OUTPUT_HIGH_WATER)
+        if implicit:
+            # Until the handshake is done only the TLS layer may read the socket.
+            transport.pause_reading()
+            self.pending = asyncio.get_running_loop().create_task(self._implicit_tls())
+            return
+        self._start_session(None)
+
+    async def _implicit_tls(self) -> None:
+        info = await self._handshake()
+        self.pending = None
+        if info is not None and not self.closed:
+            self._start_session(info)
+
+    def _start_session(self, info: Any) -> None:
+        transport = self.transport
         peer = transport.get_extra_info("peername") or ("", 0)
         # A listener bound to one address knows its local end without a getsockname() per connection.
         sock = self.ctx.local_addr or transport.get_extra_info("sockname") or ("", 0)
-        info = tls_info(transport.get_extra_info("ssl_object")) if self.ctx.listener.tls.implicit else None
-        if not self.server._register(self):
-            self.ctx.events.connection_refused("max-connections", peer[0], peer[1])
-            transport.write(R.TOO_MANY_CONNECTIONS)
-            transport.close()
-            self.closed = True
-            return
         try:
             self.session = Session(self.ctx, peer[0], peer[1], sock[0], sock[1], info, now=self.server.clock.now())
         except Exception:
             log.exception("session setup failed")
             transport.write(R.INTERNAL)
-            transport.close()
+            self._close()
             return
         transport.write(self.session.greeting)
+        early, self.early = self.early, None
+        if early:
+            self.data_received(b"".join(early))
 
     def data_received(self, data: bytes) -> None:
         s = self.session
-        if self.closed or s is None:
+        if self.closed:
+            return
+        if s is None:
+            # A client may write right after its handshake, before _implicit_tls has resumed.
+            if self.early is None:
+                self.early = []
+            self.early.append(data)
             return
         if not s.receive_data(data, self.server.clock.now()):
             self._abort()
@@ -107,12 +139,16 @@ class SmtpConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        s = self.session
         if self.pending is not None:
-            self.pending.cancel()
+            if s is not None and s.verdict_pending:
+                pass      # the lookup runs to its verdict (bounded by its timeout and concurrency): _resume
+            else:
+                self.pending.cancel()
             self.pending = None
-        if self.session is not None:
-            self.session.abandon()
-            self.session.events.closed()
+        if s is not None:
+            s.abandon()
+            s.events.closed()
         self.server._unregister(self)
 
     def pause_writing(self) -> None:
@@ -169,6 +205,11 @@ class SmtpConnection(asyncio.Protocol):
         self.pending = None
         if not self.closed:
             self._pump(value)
+        elif self.session is not None and self.session.gone:
+            try:
+                self.session.resume(value)         # the abandoned attempt's verdict, to be recorded
+            except Exception:  # noqa: BLE001
+                log.exception("recording an abandoned attempt failed")
 
     async def _serve(self, req: Any) -> None:
         """Perform one async request and resume the session with its answer."""
@@ -211,14 +252,16 @@ class SmtpConnection(asyncio.Protocol):
         if kind is Compute:
             return await run_sync(req.fn, *req.args)
         if kind is StartTls:
-            return await self._starttls()
+            return await self._handshake()
         if kind is Deliver:
             results = await self.server._deliver(req)
             self.session.events.delivered(req.envelope, req.next_hop, results)
             return results
         raise TypeError(f"unknown request {req!r}")
 
-    async def _starttls(self) -> Any:
+    async def _handshake(self) -> Any:
+        """The server side of a TLS handshake on this connection (implicit TLS or STARTTLS), bounded by
+        the listener's ``tls.timeout``. TlsInfo, or None after closing the connection."""
         ctxt = self.server._ssl_contexts.get(self.ctx.listener.id)
         if ctxt is None:
             return None
@@ -227,19 +270,25 @@ class SmtpConnection(asyncio.Protocol):
             transport = await loop.start_tls(self.transport, self, ctxt, server_side=True,
                                              ssl_handshake_timeout=self.ctx.listener.tls.timeout)
         except (OSError, asyncio.TimeoutError, ConnectionError, Exception) as exc:  # noqa: BLE001
-            log.info("STARTTLS handshake failed from %s: %s", self.session.vars.remote_ip, type(exc).__name__)
-            self.session.events.starttls(None)
+            peer = (self.transport.get_extra_info("peername") or ("?",))[0]
+            log.info("TLS handshake failed from %s: %s", peer, type(exc).__name__)
+            if self.session is not None:
+                self.session.events.starttls(None)
+            else:
+                self.ctx.events.tls_failed("implicit")
             self.closed = True
             try:
                 self.transport.abort()
             except Exception:  # noqa: BLE001
                 pass
+            self.server._unregister(self)
             return None
         self.transport = transport
         transport.set_write_buffer_limits(high=OUTPUT_HIGH_WATER)
         self.reading_paused = False
         info = tls_info(transport.get_extra_info("ssl_object"))
-        self.session.events.starttls(info)
+        if self.session is not None:
+            self.session.events.starttls(info)    # implicit TLS: counted when the session opens
         return info
 
     # -- output --------------------------------------------------------------------------------------
@@ -281,8 +330,16 @@ class SmtpConnection(asyncio.Protocol):
 
     def shutdown(self) -> None:
         """Grace time is over: tell the client and close."""
-        if not self.closed:
-            self._abort(R.SHUTDOWN)
+        if self.closed:
+            return
+        if self.session is None:           # still in its TLS handshake: nothing to say in cleartext
+            if self.pending is not None:
+                self.pending.cancel()
+            self.transport.abort()
+            self.closed = True
+            self.server._unregister(self)
+            return
+        self._abort(R.SHUTDOWN)
 
 
 _LATER = object()

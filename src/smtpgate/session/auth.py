@@ -143,7 +143,7 @@ def _count_failure(s: "Session", mechanism: str, user: str, result: str) -> Gene
     """A counted authentication failure: count it, log it, and wait ``session.auth.errors.wait`` (a timer
     of this session only) before the client hears anything."""
     s.auth_failures += 1
-    _log(s, mechanism, user, result)
+    _record_attempt(s, mechanism, user, result)
     yield Sleep(s.params.auth_errors_wait)
 
 
@@ -188,8 +188,13 @@ def _dialogue(s: "Session", name: str, mech, initial: str | None) -> Generator:
             result = yield Authenticate(lookup, action.creds)
             if not isinstance(result, AuthResult):
                 result = AuthResult(Outcome.UNAVAILABLE, reason="lookup failed")
+            if s.gone:
+                # The client hung up while the lookup worked; it ran to its verdict anyway, so an attacker
+                # cannot test passwords for free by disconnecting before the (delayed) answer.
+                _record_attempt(s, name, user, "abandoned", f"verdict {result.outcome.value}")
+                return None
             if result.outcome is Outcome.UNAVAILABLE:
-                _log(s, name, user, "tempfail", result.reason)
+                _record_attempt(s, name, user, "tempfail", result.reason)
                 s.reply(R.AUTH_TEMPFAIL)
                 return None
             action = mech.verified(result)
@@ -203,13 +208,13 @@ def _dialogue(s: "Session", name: str, mech, initial: str | None) -> Generator:
             user = action.username
             record = yield GetSecret(lookup, action.username)
             if record is UNAVAILABLE:
-                _log(s, name, user, "tempfail", "secret lookup unavailable")
+                _record_attempt(s, name, user, "tempfail", "secret lookup unavailable")
                 s.reply(R.AUTH_TEMPFAIL)
                 return None
             if mech.secret_is_costly(record):
                 action = yield Compute(mech.secret, (record,))   # e.g. PBKDF2: never on the event loop
                 if action is None:
-                    _log(s, name, user, "tempfail", "secret processing failed")
+                    _record_attempt(s, name, user, "tempfail", "secret processing failed")
                     s.reply(R.AUTH_TEMPFAIL)
                     return None
             else:
@@ -238,13 +243,13 @@ def _dialogue(s: "Session", name: str, mech, initial: str | None) -> Generator:
             s.auth_addresses = addresses
             s.auth_mechanism = name
             s.vars.authenticated_as = account.lower()
-            _log(s, name, action.account, "success")
+            _record_attempt(s, name, action.account, "success")
             s.reply(R.AUTH_OK)
             return None
         elif isinstance(action, Failure):
             user = action.username or user
             if action.kind == "unavailable":
-                _log(s, name, user, "tempfail", action.detail)
+                _record_attempt(s, name, user, "tempfail", action.detail)
                 s.reply(R.AUTH_TEMPFAIL)
                 return None
             if action.kind == "malformed":
@@ -254,5 +259,8 @@ def _dialogue(s: "Session", name: str, mech, initial: str | None) -> Generator:
             raise TypeError(f"unexpected SASL action {action!r}")
 
 
-def _log(s: "Session", mech: str, user: str, result: str, reason: str = "") -> None:
+def _record_attempt(s: "Session", mech: str, user: str, result: str, reason: str = "") -> None:
+    """Where every AUTH attempt's outcome is reported, once: ``success``, ``invalid``, ``tempfail``,
+    ``cancelled``, ``malformed``, or ``abandoned`` (the client left before the lookup's verdict, which
+    ``reason`` then gives). The hook for cross-session counters (throttles, auto-ban: issue 11)."""
     s.events.auth(mech, user, result, s.auth_failures, reason)   # the "auth ..." line and its metrics

@@ -56,7 +56,7 @@ from ..protocol.reader import (COMMAND_LINE_LIMIT, MAIL_LINE_LIMIT, SASL_LINE_LI
 from . import auth, data, ehlo, mail, rcpt, simple_commands, starttls
 from .context import ListenerContext
 from .params import SessionParams
-from .requests import PAUSE, ReadData, ReadLine, StartTls, TlsInfo
+from .requests import PAUSE, Authenticate, ReadData, ReadLine, StartTls, TlsInfo
 from .variables import SessionVariables
 
 #: Commands answered in one go before the session gives the event loop back (PAUSE): a client that
@@ -68,32 +68,34 @@ COMMAND_BATCH = 32
 MIN_DATA_RATE = 500
 
 
-class State(enum.Enum):
-    CONNECTED = "connected"   # greeting sent; no EHLO/HELO yet (again after STARTTLS)
-    GREETED = "greeted"       # EHLO/HELO/LHLO accepted (or a transaction ended); no mail transaction
-    MAIL = "mail"             # MAIL FROM accepted
-    RCPT = "rcpt"             # at least one RCPT TO accepted
-    AUTH = "auth"             # inside a SASL exchange: input is SASL response lines
-    DATA = "data"             # receiving a message body: input is DATA up to CRLF.CRLF
-    CLOSED = "closed"         # QUIT, a fatal error, EOF: nothing more is read
+# IntEnum rather than Enum: states and events are dict keys and set members on every command, and an
+# IntEnum hashes in C (Enum.__hash__ is Python code, measurable per session).
+class State(enum.IntEnum):
+    CONNECTED = 1             # greeting sent; no EHLO/HELO yet (again after STARTTLS)
+    GREETED = 2               # EHLO/HELO/LHLO accepted (or a transaction ended); no mail transaction
+    MAIL = 3                  # MAIL FROM accepted
+    RCPT = 4                  # at least one RCPT TO accepted
+    AUTH = 5                  # inside a SASL exchange: input is SASL response lines
+    DATA = 6                  # receiving a message body: input is DATA up to CRLF.CRLF
+    CLOSED = 7                # QUIT, a fatal error, EOF: nothing more is read
 
 
-class Event(enum.Enum):
-    HELLO = "hello"           # EHLO/HELO/LHLO accepted
-    MAIL = "mail"             # MAIL FROM accepted
-    RCPT = "rcpt"             # a recipient accepted
-    DATA = "data"             # 354 sent: the body follows
-    RESET = "reset"           # the transaction is over (RSET, EHLO, message done or refused)
-    AUTH = "auth"             # an AUTH exchange starts
-    AUTH_DONE = "auth-done"   # ... and ended (success or not)
-    TLS = "tls"               # STARTTLS handshake done: start afresh (RFC 3207 §4.2)
-    CLOSE = "close"           # QUIT, error limit, EOF, failed handshake
+class Event(enum.IntEnum):
+    HELLO = 1                 # EHLO/HELO/LHLO accepted
+    MAIL = 2                  # MAIL FROM accepted
+    RCPT = 3                  # a recipient accepted
+    DATA = 4                  # 354 sent: the body follows
+    RESET = 5                 # the transaction is over (RSET, EHLO, message done or refused)
+    AUTH = 6                  # an AUTH exchange starts
+    AUTH_DONE = 7             # ... and ended (success or not)
+    TLS = 8                   # STARTTLS handshake done: start afresh (RFC 3207 §4.2)
+    CLOSE = 9                 # QUIT, error limit, EOF, failed handshake
 
 
-class Framing(enum.Enum):
-    COMMAND = "command"       # command lines (limits by verb, checked in handle)
-    SASL = "sasl"             # SASL responses, up to SASL_RESPONSE_LIMIT
-    DATA = "data"             # a message body
+class Framing(enum.IntEnum):
+    COMMAND = 1               # command lines (limits by verb, checked in handle)
+    SASL = 2                  # SASL responses, up to SASL_RESPONSE_LIMIT
+    DATA = 3                  # a message body
 
 
 _COMMAND_STATES = (State.CONNECTED, State.GREETED, State.MAIL, State.RCPT)
@@ -128,6 +130,9 @@ FRAMING: dict[State, Framing] = {
 }
 
 
+_ANYWHERE = frozenset(_COMMAND_STATES)
+
+
 @dataclass(frozen=True, slots=True)
 class Command:
     handler: Callable[["Session", str], Generator | None]
@@ -137,9 +142,14 @@ class Command:
     requires_hello: bool = False                    # session.ehlo.require applies (503 5.5.1); always on LMTP
     no_argument: bytes | None = None                # the reply when an argument is given
     guard: Callable[["Session"], bytes | None] | None = None  # the stage's own refusals that come first
+    checked: bool = field(init=False)               # anything to check before the handler (hot path)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "checked", bool(
+            self.requires_auth or self.requires_hello or self.guard or self.no_argument
+            or self.states != _ANYWHERE))
 
 
-_ANYWHERE = frozenset(_COMMAND_STATES)
 _NO_MAIL = {State.CONNECTED: R.BAD_SEQUENCE_MAIL, State.GREETED: R.BAD_SEQUENCE_MAIL}
 
 #: The one table of commands (RFC 5321 §4.1.4 sequencing, RFC 4954 for AUTH, SPEC §3-§4).
@@ -173,7 +183,7 @@ class Session:
     __slots__ = ("ctx", "out", "vars", "params", "remote_port", "state", "tls", "helo", "esmtp",
                  "auth_account", "auth_addresses", "auth_failures", "errors", "auth_mechanism", "mail_from",
                  "mail_params", "auth_param", "rcpts", "messages", "reader", "eof", "_handler", "_awaiting_input",
-                 "started", "_last_input", "_line_started", "_consumed_mark", "_data_started", "_data_mark",
+                 "gone", "_request", "started", "_last_input", "_line_started", "_consumed_mark", "_data_started", "_data_mark",
                  "events", "__weakref__")
 
     def __init__(self, ctx: ListenerContext, remote_ip: str, remote_port: int, local_ip: str, local_port: int,
@@ -193,6 +203,8 @@ class Session:
         self.eof = False
         self._handler: Generator | None = None     # the stage generator in progress
         self._awaiting_input = False               # ... waiting for a SASL line or the message body
+        self._request: Any = None                  # the request out with the transport
+        self.gone = False                          # the client left (abandon)
         # Deadlines (see deadline_reply); times are the transport's clock, passed in.
         self.started = self._last_input = now
         self._line_started: float | None = None    # first byte of the incomplete line now buffered
@@ -338,10 +350,11 @@ class Session:
         """Waiting for input: remember since when an incomplete line is buffered. It began in the latest
         input if any line was completed since the last look (or nothing was buffered before)."""
         reader = self.reader
-        consumed = reader.total - reader.buffered
-        if not reader.buffered:
+        if not reader.buffered:                 # the common case: every line taken
             self._line_started = None
-        elif self._line_started is None or consumed != self._consumed_mark:
+            return
+        consumed = reader.total - reader.buffered
+        if self._line_started is None or consumed != self._consumed_mark:
             self._line_started = self._last_input
         self._consumed_mark = consumed
 
@@ -370,14 +383,34 @@ class Session:
         self._awaiting_input = False
         return self._run(gen, answer)
 
+    @property
+    def verdict_pending(self) -> bool:
+        """The client's credentials are with a lookup: its verdict must still be heard (abandon)."""
+        return type(self._request) is Authenticate
+
     def abandon(self) -> None:
-        """The connection is gone: drop the stage in progress (its ``finally`` blocks run)."""
+        """The connection is gone. The stage in progress is dropped (its ``finally`` blocks run) -- unless
+        a lookup is judging credentials the client sent: then the transport lets it finish and hands its
+        verdict to :meth:`resume` once more, so the attempt is recorded (``result=abandoned``)."""
+        self.gone = True
+        if self.verdict_pending:
+            return
         gen, self._handler = self._handler, None
         if gen is not None:
             gen.close()
 
     def resume(self, answer: Any) -> Any:
         """Hand back the answer to the request ``advance``/``resume`` returned, and run on."""
+        self._request = None
+        if self.gone:
+            gen, self._handler = self._handler, None
+            if gen is not None:
+                try:
+                    gen.send(answer)              # the stage records the outcome; nothing more is done
+                except StopIteration:
+                    pass
+                gen.close()
+            return None
         return self._run(self._handler, answer)
 
     def _run(self, gen: Generator | None, answer: Any) -> Any:
@@ -426,6 +459,7 @@ class Session:
                 # RFC 3207: nothing the client pipelined behind STARTTLS in cleartext may be executed.
                 reader.clear()
             self._handler = gen
+            self._request = req
             return req
 
     def _read_framed(self) -> Any:
@@ -474,10 +508,11 @@ class Session:
         except UnicodeDecodeError:
             self.reply(R.NON_ASCII)
             return None
-        refusal = self._refusal(command, arg)
-        if refusal is not None:
-            self.reply(refusal)
-            return None
+        if command.checked:
+            refusal = self._refusal(command, arg)
+            if refusal is not None:
+                self.reply(refusal)
+                return None
         return command.handler(self, arg)
 
     def _refusal(self, command: Command, arg: str) -> bytes | None:
