@@ -288,6 +288,8 @@ def test_api_manages_the_user_store(srv):
         assert bad.status_code == 400 and "error" in bad.json()
         assert client.post("/api/users", headers=auth, content=b"[1,2]").status_code == 400
         assert client.delete("/api/users/paul@example.org", headers=auth).status_code == 200
+        missing = client.put("/api/users/paul@example.org/password", headers=auth, json={"password": "x"})
+        assert missing.status_code == 404 and missing.json() == {"error": "no such user: paul@example.org"}
         assert _auth(srv, "paul@example.org", "second-pw") == "535"
     text = "\n".join(srv.logs)
     assert "first-pw" not in text and "second-pw" not in text

@@ -115,5 +115,5 @@ def test_exposition_parses_and_histograms_are_cumulative():
                if s.name.endswith("_bucket")}
     assert buckets["0.001"] == 2 and buckets["0.025"] == 3 and buckets["10.0"] == 3 and buckets["+Inf"] == 4
     assert families["smtpgate_connections"].samples[0].value == 1
-    assert families["smtpgate_bans"].samples == []          # announced, no samples yet
+    assert families["smtpgate_bans_active"].samples == []          # announced, no samples yet
     assert M.NULL.connections.labels_("x").inc() is None    # the off switch accepts the same calls

@@ -38,6 +38,7 @@ from . import health
 log = logging.getLogger("smtpgate.management")
 
 MAX_BODY = 64 * 1024
+_BAN_REASONS = frozenset(("auth", "abuse", "loiter", "scan"))    # server.auto-ban.<reason>
 
 
 def _json(status: int, body: Any) -> web.Response:
@@ -111,6 +112,7 @@ class Management:
 
     # -- metrics and health ------------------------------------------------------------------------
     async def get_metrics(self, request: web.Request) -> web.Response:
+        await self._count_bans()
         body, content_type = self.metrics.exposition(request.headers.get("Accept", ""))
         resp = web.Response(body=body)
         resp.headers["Content-Type"] = content_type
@@ -125,6 +127,24 @@ class Management:
             return _json(503, {"ready": False, "checks": checks,
                                "failing": sorted(k for k, v in checks.items() if v != "ok")})
         return _json(200, {"ready": True, "checks": checks})
+
+    async def _count_bans(self) -> None:
+        """smtpgate_bans_active from the ban store itself (shared with other nodes, changed by
+        ``smtpgate ban``): counted where the truth is, once per scrape."""
+        store = self._bans()
+        if store is None:
+            return
+        try:
+            bans = await asyncio.wait_for(store.list(), 2.0)
+        except Exception as exc:  # noqa: BLE001 - a scrape must not fail because the store is down
+            log.warning("management: cannot read bans for /metrics: %s", type(exc).__name__)
+            return
+        family = self.metrics.bans_active
+        for child in family.children.values():
+            child.set(0)
+        for ban in bans:
+            reason = ban.get("reason")
+            family.labels_(reason if reason in _BAN_REASONS else "manual").inc()   # operators' texts vary
 
     # -- bans (the abuse package's store) ----------------------------------------------------------
     def _bans(self) -> Any:
@@ -185,8 +205,8 @@ class Management:
             await op(store)
         except UserStoreError as exc:
             text = str(exc)
-            return _json(404 if "no user" in text or "unknown" in text or "not found" in text else 400,
-                         {"error": text})
+            status = 404 if text.startswith("no such ") else 503 if text.startswith("user store unavailable") else 400
+            return _json(status, {"error": text})
         except Exception as exc:  # noqa: BLE001 - the store is down: say so, no traceback
             log.warning("management API: user store error: %s", type(exc).__name__)
             return _json(503, {"error": f"user store unavailable ({type(exc).__name__})"})

@@ -138,7 +138,8 @@ class Metrics:
                            "and throttle kind (concurrency, rate)", ("listener", "kind"))
         self.banned = f("smtpgate_banned_connections", "Connections refused because the client is banned",
                         ("listener",))
-        self.bans = f("smtpgate_bans", "Bans imposed, by reason (auth, abuse, loiter, scan, manual)", ("reason",))
+        self.bans_active = f("smtpgate_bans_active", "Bans in force, by reason (auth, abuse, loiter, scan, "
+                             "manual...); read from the ban store at each scrape", ("reason",), "gauge")
         self.messages = f("smtpgate_messages_accepted", "Messages accepted (durable), by listener", ("listener",))
         self.message_bytes = f("smtpgate_message_bytes_accepted", "Bytes of accepted messages, by listener",
                                ("listener",))

@@ -65,10 +65,6 @@ class Observer:
         if seconds is not None:
             lm.duration.observe(seconds)
 
-    def ban_imposed(self, reason: str) -> None:
-        """A ban was recorded (auto-ban by reason, or "manual"): for the abuse guard to call."""
-        self.metrics.bans.labels_(reason).inc()
-
     async def start(self) -> dict[str, list[asyncio.AbstractServer]]:
         """Start the management listeners (if any); returns their asyncio servers by listener id."""
         if not self.http_listeners:
