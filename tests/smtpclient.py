@@ -6,8 +6,11 @@ import ssl
 
 
 class Raw:
-    def __init__(self, port: int, host: str = "127.0.0.1", tls: ssl.SSLContext | None = None, timeout: float = 10):
-        sock = socket.create_connection((host, port), timeout=timeout)
+    def __init__(self, port: int, host: str = "127.0.0.1", tls: ssl.SSLContext | None = None, timeout: float = 10,
+                 source: str | None = None):
+        """``source`` binds the client's address (e.g. "127.0.0.2": all of 127/8 is loopback)."""
+        sock = socket.create_connection((host, port), timeout=timeout,
+                                        source_address=(source, 0) if source else None)
         self.sock = tls.wrap_socket(sock, server_hostname="localhost") if tls else sock
         self.buf = b""
         self.greeting = self.reply()

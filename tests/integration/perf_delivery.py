@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from tests.fixtures.certs import make_pki
-from tests.integration.test_spool_crash import SmtpgateProcess
+from tests.fixtures.process import SmtpgateProcess
 from tests.support import free_port
 
 CONFIG = """

@@ -17,7 +17,7 @@ import scramp
 from tests.fixtures.oauth_server import AUDIENCE, ISSUER
 from tests.fixtures.oauth_server import _oauth_server_module, oauth_server  # noqa: F401  (fixtures)
 from tests.fixtures.server import SERVER_HEAD, listeners, run_server
-from tests.integration.test_auth_stage import (
+from tests.fixtures.auth_session import (
     BAD_BASE64, CANCELLED, INVALID, MALFORMED, OK, PASSWORD_PROMPT, TEMPFAIL, TOO_LONG, b64, open_session, plain_ir,
 )
 from tests.smtpclient import Raw

@@ -16,7 +16,7 @@ import scramp
 from tests.fixtures.oauth_server import AUDIENCE, ISSUER, OAuthServer
 from tests.fixtures.oauth_server import _oauth_server_module, oauth_server  # noqa: F401  (fixtures)
 from tests.fixtures.server import SERVER_HEAD, RunningServer, listeners, run_server
-from tests.integration.test_auth_stage import (
+from tests.fixtures.auth_session import (
     CANCELLED, INVALID, MALFORMED, OK, PASSWORD_PROMPT, TEMPFAIL, USERNAME_PROMPT, auth_line, b64, doveadm_pw,
     make_user_store, open_session, plain_ir,
 )

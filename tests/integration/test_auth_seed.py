@@ -10,7 +10,7 @@ import pytest
 from tests.fixtures.certs import test_pki  # noqa: F401  (fixture)
 from tests.fixtures.dovecot import DOMAIN, DovecotServer, dovecot, dovecot_session  # noqa: F401  (fixtures)
 from tests.fixtures.server import BASE_CONFIG, run_server
-from tests.integration.test_auth_stage import (
+from tests.fixtures.auth_session import (
     DISABLED, ENCRYPT, INVALID, OK, PASSWORD_PROMPT, REQUIRED, USERNAME_PROMPT, auth_line, b64, expect_disconnect,
     open_session, plain_ir,
 )
@@ -18,20 +18,7 @@ from tests.smtpclient import client_tls
 
 pytestmark = pytest.mark.service("dovecot")
 
-# Copied character for character from the seed document.
-SEED = """
-[session.auth]
-mechanisms = [ { if = "listener", ne = "smtp", then = ["plain", "login"]},
-               { else = [] } ]
-lookup = [ { if = "listener", ne = "smtp", then = "remote/imap" }, 
-           { else = false } ]
-require = [ { if = "listener", ne = "smtp", then = true},
-            { else = false } ]
-
-[session.auth.errors]
-total = 3
-wait = "5s"
-"""
+from tests.fixtures.seed import SEED  # noqa: E402
 
 ALICE, BOB = f"alice@{DOMAIN}", f"bob@{DOMAIN}"
 

@@ -2,106 +2,26 @@
 ``errors.total``, ``require``, the EHLO advertisement of SPEC §4.1, line limits and pipelining.
 
 Credentials go through the real ``list/<id>`` lookup (plaintext, doveadm ``{SHA512-CRYPT}`` and our own
-argon2id hashes) -- never a fake authenticator. The helpers at the top are shared by the other
-``test_auth_*.py`` modules.
+argon2id hashes) -- never a fake authenticator. The helpers are in ``tests/fixtures/auth_session.py``,
+shared with the other ``test_auth_*.py`` modules.
 """
 from __future__ import annotations
 
-import asyncio
-import base64
 import ssl
-import subprocess
-from pathlib import Path
 from typing import Iterator
 
 import pytest
 
 from smtpgate.lookup.secrets import hash_password
-from smtpgate.lookup.users import UserStore
+from tests.fixtures.auth_session import (  # noqa: F401  (some only for the names used below)
+    ALREADY, BAD_BASE64, CANCELLED, DISABLED, ENCRYPT, IN_TRANSACTION, INVALID, MALFORMED, NO_INITIAL, NO_MECH, OK,
+    PASSWORD_PROMPT, REQUIRED, TEMPFAIL, TOO_LONG, TOO_MANY, UNSUPPORTED, USERNAME_PROMPT, auth_line, b64, doveadm_pw,
+    expect_disconnect, make_user_store, open_session, plain_ir,
+)
 from tests.fixtures.oauth_server import AUDIENCE, ISSUER
 from tests.fixtures.oauth_server import _oauth_server_module, oauth_server  # noqa: F401  (fixtures)
 from tests.fixtures.server import SERVER_HEAD, RunningServer, listeners, run_server
 from tests.smtpclient import Raw, client_tls
-from tests.support import need_binary
-
-# --- shared helpers ---------------------------------------------------------------------------------
-
-OK = "235 2.7.0 Authentication succeeded."
-INVALID = "535 5.7.8 Authentication credentials invalid."
-CANCELLED = "501 5.7.0 Authentication cancelled."
-BAD_BASE64 = "501 5.5.2 Invalid base64 data."
-MALFORMED = "501 5.5.2 Malformed authentication data."
-TOO_LONG = "500 5.5.6 Authentication Exchange line is too long."
-NO_MECH = "501 5.5.2 Syntax error, expected: AUTH mechanism [initial-response]"
-UNSUPPORTED = "504 5.5.4 Authentication mechanism not supported."
-ENCRYPT = "538 5.7.11 Encryption required for requested authentication mechanism."
-DISABLED = "503 5.5.1 AUTH not allowed."
-ALREADY = "503 5.5.1 Already authenticated."
-IN_TRANSACTION = "503 5.5.1 AUTH not permitted during a mail transaction."
-NO_INITIAL = "501 5.7.0 Initial response not allowed for this mechanism."
-TEMPFAIL = "454 4.7.0 Temporary authentication failure."
-TOO_MANY = "421 4.3.0 Too many authentication errors, disconnecting."
-REQUIRED = "530 5.7.0 Authentication required."
-USERNAME_PROMPT = "334 VXNlcm5hbWU6"
-PASSWORD_PROMPT = "334 UGFzc3dvcmQ6"
-
-
-def b64(data: bytes | str) -> str:
-    return base64.b64encode(data.encode() if isinstance(data, str) else data).decode()
-
-
-def plain_ir(user: str, password: str, authzid: str = "") -> str:
-    return b64(f"{authzid}\0{user}\0{password}")
-
-
-def auth_line(ehlo: str) -> list[str] | None:
-    """The mechanisms of the AUTH capability in an EHLO reply, or None when AUTH is not offered."""
-    for line in ehlo.split("\r\n"):
-        words = line[4:].split(" ")
-        if words[0] == "AUTH":
-            return words[1:]
-    return None
-
-
-def open_session(srv: RunningServer, listener: str, *, starttls: bool = False, implicit: bool = False,
-                 ehlo: bool = True, tls_ctx: ssl.SSLContext | None = None) -> Raw:
-    """Connect, optionally STARTTLS (or implicit TLS), then EHLO (the reply is kept in ``c.ehlo``)."""
-    ctx = tls_ctx or client_tls(srv.ca_file)
-    c = Raw(srv.port(listener), tls=ctx if implicit else None)
-    assert c.greeting == "220 mx.test smtpgate at your service"
-    if starttls:
-        assert c.cmd("EHLO client.test").startswith("250-mx.test says hello")
-        assert c.cmd("STARTTLS") == "220 2.0.0 Ready to start TLS"
-        c.starttls(ctx)
-    if ehlo:
-        c.ehlo = c.cmd("EHLO client.test")  # type: ignore[attr-defined]
-        assert c.ehlo.startswith("250-mx.test says hello")  # type: ignore[attr-defined]
-    return c
-
-
-def doveadm_pw(scheme: str, password: str) -> str:
-    return subprocess.run([need_binary("doveadm"), "pw", "-s", scheme, "-p", password], check=True,
-                          capture_output=True, text=True, timeout=30).stdout.strip()
-
-
-def expect_disconnect(c: Raw, last_failure: str) -> None:
-    """After the counted failure that reaches errors.total: that reply, 421, then the server closes."""
-    assert c.reply() == last_failure
-    assert c.reply() == TOO_MANY
-    assert c.closed()
-
-
-def make_user_store(path: Path, users: dict[str, str]) -> str:
-    """An internal user store (argon2id + SCRAM keys, no plaintext) with ``users``; returns its URL."""
-    url = f"sqlite://{path}"
-
-    async def fill() -> None:
-        async with UserStore(url) as store:
-            for name, password in users.items():
-                await store.add_user(name, password)
-    asyncio.run(fill())
-    return url
-
 
 # --- the server these tests share ---------------------------------------------------------------------
 

@@ -11,7 +11,7 @@ import pytest
 
 from smtpgate.lookup.secrets import hash_password
 from tests.fixtures.server import SERVER_HEAD, listeners, run_server
-from tests.integration.test_auth_stage import INVALID, OK, doveadm_pw, plain_ir
+from tests.fixtures.auth_session import INVALID, OK, doveadm_pw, plain_ir
 from tests.support import missing
 
 BAD_CLIENTS = 1000

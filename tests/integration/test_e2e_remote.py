@@ -19,7 +19,7 @@ import pytest
 
 from tests.fixtures.certs import test_pki  # noqa: F401  (fixture)
 from tests.fixtures.dovecot import DOMAIN, DovecotServer, dovecot, dovecot_session  # noqa: F401  (fixtures)
-from tests.integration.test_auth_seed import SEED
+from tests.fixtures.seed import SEED
 from tests.fixtures.server import BASE_CONFIG, run_server
 from tests.integration.test_lookup_e2e import (
     INVALID, NOT_OWNED, OK, TEMPFAIL, assert_black_hole, assert_failures_counted, assert_spooled,

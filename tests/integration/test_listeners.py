@@ -88,7 +88,8 @@ def test_smtp_listener(srv):
     assert c.greeting == "220 mx.test smtpgate at your service"
     ehlo = c.cmd("EHLO client.test")
     assert ehlo.split("\r\n")[0] == "250-mx.test says hello"
-    assert caps(ehlo) == ["PIPELINING", "8BITMIME", "ENHANCEDSTATUSCODES", "SIZE 26214400", "STARTTLS", "HELP"]
+    assert caps(ehlo) == ["PIPELINING", "8BITMIME", "ENHANCEDSTATUSCODES", "SMTPUTF8", "SIZE 26214400", "STARTTLS",
+                         "HELP"]
     c.close()
 
 
@@ -339,8 +340,7 @@ def test_ipv6_bind(tmp_path):
     with run_server(cfg, tmp_path) as srv:
         ports = srv.server.ports("smtp")
         assert len(ports) == 2
-        v6 = [sock.getsockname() for s in srv.server._servers["smtp"] for sock in s.sockets
-              if sock.family == socket.AF_INET6]
+        v6 = [addr for addr in srv.server.addresses("smtp") if len(addr) == 4]      # IPv6: (host, port, flow, scope)
         assert v6 and v6[0][0] == "::1"
         c = Raw(v6[0][1], host="::1")
         assert c.greeting.startswith("220 mx.test")
@@ -384,8 +384,7 @@ def test_tls_client_lingering_after_quit_does_not_hold_the_session(srv):
     port = c.sock.getsockname()[1]
 
     def registered() -> bool:
-        return any(conn.session is not None and conn.session.remote_port == port
-                   for conn in list(srv.server._connections))
+        return any(s.remote_port == port for s in srv.server.sessions())
 
     assert registered()
     assert c.cmd("QUIT") == "221 2.0.0 Bye"

@@ -99,7 +99,9 @@ def test_unauthenticated_relay_attempts_are_denied(tmp_path: Path) -> None:
     with run_server(CONFIG, tmp_path) as srv:
         for listener in ("smtp", "submission"):
             c = _session(srv.port(listener))
-            assert c.cmd("MAIL FROM:<someone@remote.test>").startswith("250 ")
+            # SMTPUTF8, so that look-alike non-ASCII domains are judged as relay attempts (without it they
+            # are refused earlier, 553 5.6.7: RFC 6531)
+            assert c.cmd("MAIL FROM:<someone@remote.test> SMTPUTF8").startswith("250 ")
             for rcpt in REMOTE_RECIPIENTS:
                 assert c.cmd(f"RCPT TO:{rcpt}") == RELAY_DENIED, rcpt
             for rcpt in MALFORMED_RECIPIENTS:
@@ -227,6 +229,12 @@ path = "{tmp}/spool"
     ("relay = true", "session.rcpt.relay"),
     ('relay = [ { if = "listener", eq = "smtp", then = false }, { else = true } ]', "session.rcpt.relay"),
     ('relay = [ { if = "authenticated-as", ne = "", then = true }, { else = true } ]', "session.rcpt.relay"),
+    # issue 9 item 7: a destination is the client's choice, and two halves make the whole address space.
+    ('relay = [ { if = "rcpt-domain", ends-with = ".com", then = true }, { else = false } ]',
+     "session.rcpt.relay[0]: this rule would relay for sessions that are neither authenticated nor from a chosen"),
+    ('relay = [ { if = "remote-ip", eq = "0.0.0.0/1", then = true }, { if = "remote-ip", eq = "128.0.0.0/1", '
+     'then = true }, { else = false } ]', "session.rcpt.relay: the remote-ip networks of the relaying rules "
+     "together cover every IPv4 address"),
 ])
 def test_open_relay_config_is_refused(tmp_path: Path, relay: str, needle: str) -> None:
     cfg = tmp_path / "smtpgate.toml"
@@ -247,10 +255,15 @@ def test_open_relay_config_is_refused(tmp_path: Path, relay: str, needle: str) -
     assert ok.returncode == 0, ok.stderr
 
 
-def test_open_relay_config_stops_serve(tmp_path: Path) -> None:
+@pytest.mark.parametrize("relay", [
+    '[ { if = "remote-ip", eq = "10.0.0.0/8", then = true }, { else = true } ]',
+    '[ { if = "rcpt-domain", ends-with = ".com", then = true }, { else = false } ]',
+    '[ { if = "remote-ip", eq = "::/1", then = true }, { if = "remote-ip", eq = "8000::/1", then = true }, '
+    '{ else = false } ]',
+])
+def test_open_relay_config_stops_serve(tmp_path: Path, relay: str) -> None:
     cfg = tmp_path / "smtpgate.toml"
-    cfg.write_text(MINIMAL.replace("{tmp}", str(tmp_path)) +
-                   '[session.rcpt]\nrelay = [ { if = "remote-ip", eq = "10.0.0.0/8", then = true }, { else = true } ]\n')
+    cfg.write_text(MINIMAL.replace("{tmp}", str(tmp_path)) + f'[session.rcpt]\nrelay = {relay}\n')
     smtpgate = Path(sys.executable).with_name("smtpgate")
     proc = subprocess.run([str(smtpgate), "serve", "--config", str(cfg)], capture_output=True, text=True, timeout=30)
     assert proc.returncode == 1

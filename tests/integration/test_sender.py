@@ -37,7 +37,7 @@ domains = "list/domains"
 
 [list]
 users = ["john@local.test:secret", "j+t=x@Local.Test:secret2", "plainlogin:secret3"]
-domains = ["local.test"]
+domains = ["local.test", "other.local.test"]
 
 [queue]
 path = "{tmp}/spool"
@@ -89,10 +89,15 @@ def test_must_match_sender_with_login_address(tmp_path: Path) -> None:
         assert send(c, "<JOHN@Local.Test>").startswith("250 2.0.0")
         c.close()
 
-        # A login that is not an address owns no address at all.
+        # A login without a domain owns login@d for each local domain d (issue 9 item 13), nothing else.
         c = login(srv.port("submission"), "PLAINLOGIN", "secret3")
-        assert mail_from(c, "<plainlogin@local.test>") == NOT_OWNED
-        assert mail_from(c, "<>") == "250 2.1.0 Sender OK"
+        for own in ("<plainlogin@local.test>", "<PlainLogin@Local.Test>", "<plainlogin@other.local.test>", "<>"):
+            assert mail_from(c, own) == "250 2.1.0 Sender OK", own
+        for other in ("<plainlogin@remote.test>", "<john@local.test>", "<plainlogin+x@local.test>",
+                      "<plainlogin@sub.local.test>", "<plainlogin@[127.0.0.1]>", '<"plainlogin"@local.test>'):
+            assert mail_from(c, other) == NOT_OWNED, other
+        # and may name itself in AUTH=
+        assert send(c, "<plainlogin@local.test> AUTH=plainlogin@other.local.test").startswith("250 2.0.0")
         c.close()
 
         # Unauthenticated sessions are not subject to it (relay protection guards them instead).
@@ -101,8 +106,9 @@ def test_must_match_sender_with_login_address(tmp_path: Path) -> None:
         assert send(c, "<anyone@remote.test>").startswith("250 2.0.0")
         c.close()
         envs = spooled(srv)
-        assert [e["mail_from"] for e in envs] == ["JOHN@local.test", "anyone@remote.test"]
-        assert [e["authenticated_as"] for e in envs] == ["john@local.test", None]
+        assert [e["mail_from"] for e in envs] == ["JOHN@local.test", "plainlogin@local.test", "anyone@remote.test"]
+        assert [e["authenticated_as"] for e in envs] == ["john@local.test", "plainlogin", None]
+        assert envs[1]["auth_param"] == "plainlogin@other.local.test"
 
 
 def _make_store(path: Path) -> None:
@@ -185,7 +191,9 @@ def test_auth_parameter_kept_only_when_owned(tmp_path: Path) -> None:
         envs = spooled(srv)
         assert [e["auth_param"] for e in envs] == [
             "j+t=x@local.test", "J+t=x@LOCAL.TEST", "<>", "<>", "j+t=x@local.test", None, "<>"]
-        assert [e["params"].get("AUTH") for e in envs][:2] == ["j+2Bt+3Dx@local.test", "J+2Bt+3Dx@LOCAL.TEST"]
+        # the envelope keeps only the effective value, never the client's untrusted claim (issue 9 item 9)
+        assert [e["params"].get("AUTH") for e in envs] == [
+            "j+2Bt+3Dx@local.test", "J+2Bt+3Dx@LOCAL.TEST", "<>", "<>", "j+2Bt+3Dx@local.test", None, "<>"]
 
 
 MALFORMED_AUTH = [

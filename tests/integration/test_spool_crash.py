@@ -11,21 +11,16 @@ the same spool. After each kill:
 """
 from __future__ import annotations
 
-import os
 import random
-import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from smtpgate.delivery.spool import read_message
+from tests.fixtures.process import SmtpgateProcess
 from tests.support import free_port, port_open
-
-SMTPGATE = str(Path(sys.executable).with_name("smtpgate"))
 
 CONFIG = """
 [server]
@@ -46,44 +41,6 @@ domains = ["local.test"]
 [queue]
 path = "{spool}"
 """
-
-
-class SmtpgateProcess:
-    """``smtpgate serve`` in a subprocess, on a fixed loopback port."""
-
-    def __init__(self, config_text: str, workdir: Path, port: int):
-        self.workdir = workdir
-        self.port = port
-        self.config = workdir / "smtpgate.toml"
-        self.config.write_text(config_text)
-        self.log = workdir / "smtpgate.log"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self, timeout: float = 15.0) -> None:
-        with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen([SMTPGATE, "serve", "--config", str(self.config), "--log-level", "warning"],
-                                         stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        deadline = time.monotonic() + timeout
-        while not port_open("127.0.0.1", self.port, timeout=0.2):
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"smtpgate exited with {self.proc.returncode}: {self.log.read_text()[-2000:]}")
-            if time.monotonic() > deadline:
-                self.kill()
-                raise RuntimeError(f"smtpgate did not listen on {self.port}: {self.log.read_text()[-2000:]}")
-            time.sleep(0.02)
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.kill()
 
 
 def _reply(sock: socket.socket, buf: bytearray) -> str:

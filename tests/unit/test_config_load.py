@@ -249,13 +249,14 @@ def test_file_values_relative_to_config(pki, tmp_path):
     (tmp_path / "smtpgate.toml").write_text(
         LISTENERS + '[list]\ndomains = "file://domains.txt"\n'
         f'[certificate.x]\ncert = "file://c.pem"\nprivate-key = "file://{tmp_path}/k.pem"\n'
-        '[session.rcpt]\nrelay = [ { if = "rcpt-domain", in-list = "list/domains", then = true }, { else = false } ]\n')
+        '[session.rcpt]\nrelay = [ { all-of = [ { if = "authenticated-as", ne = "" }, '
+        '{ if = "rcpt-domain", in-list = "list/domains" } ], then = true }, { else = false } ]\n')
     s = load_file(str(tmp_path / "smtpgate.toml"))
     assert s.lists["domains"].entries == ["example.org", "Example.NET"]
     assert s.certificates["x"].cert_pem == pki.cert.read_text()
     # list contents are compared case-insensitively by in-list
-    assert s.session.rcpt_relay.evaluate(v(rcpt_domain="example.net")) is True
-    assert s.session.rcpt_relay.evaluate(v(rcpt_domain="example.com")) is False
+    assert s.session.rcpt_relay.evaluate(v(authenticated_as="j", rcpt_domain="example.net")) is True
+    assert s.session.rcpt_relay.evaluate(v(authenticated_as="j", rcpt_domain="example.com")) is False
 
 
 def test_in_list_on_user_list_compares_names():
@@ -409,7 +410,9 @@ def test_variable_not_available(key, var):
 ])
 def test_variable_available(key, var):
     section, _, leaf = key.rpartition(".")
-    then = {"session.auth.mechanisms": '["plain"]', "session.rcpt.max-recipients": "5"}.get(key, "true")
+    # (a relay rule on rcpt-domain alone must not relay: issue 9 item 7)
+    then = {"session.auth.mechanisms": '["plain"]', "session.rcpt.max-recipients": "5",
+            "session.rcpt.relay": "false"}.get(key, "true")
     other = {"session.auth.mechanisms": "[]", "session.rcpt.max-recipients": "5"}.get(key, "false")
     value = {"tls": "true", "local-port": "587"}.get(var, '"x"')
     load(f'[{section}]\n{leaf} = [ {{ if = "{var}", eq = {value}, then = {then} }}, {{ else = {other} }} ]\n')
@@ -629,23 +632,53 @@ def test_tls_enable_false_wins(pki):
 @pytest.mark.parametrize("rule", [
     '{ if = "listener", eq = "smtp", then = true }',
     '{ if = "sender-domain", eq = "example.org", then = true }',
-    '{ if = "remote-ip", eq = "0.0.0.0/0", then = true }',
     '{ if = "authenticated-as", eq = "", then = true }',
     '{ any-of = [ { if = "authenticated-as", ne = "" }, { if = "listener", eq = "smtp" } ], then = true }',
     '{ none-of = [ { if = "remote-ip", eq = "10.0.0.0/8" } ], then = true }',
+    # issue 9 item 7: the destination is the client's choice, never a guard
+    '{ if = "rcpt-domain", ends-with = ".com", then = true }',
+    '{ if = "rcpt-domain", eq = "backup.example", then = true }',
+    '{ if = "rcpt", eq = "postmaster@example.com", then = true }',
+    '{ any-of = [ { if = "remote-ip", eq = "10.0.0.0/8" }, { if = "rcpt-domain", eq = "x.example" } ], then = true }',
+    '{ if = "remote-ip", ne = "10.0.0.1", then = true }',
+    '{ if = "remote-ip", starts-with = "1", then = true }',
 ])
 def test_open_relay_rules_refused(rule):
     assert fails(f'[session.rcpt]\nrelay = [ {rule}, {{ else = false }} ]\n') == (
         "Configuration error: session.rcpt.relay[0]: this rule would relay for sessions that are neither "
-        "authenticated nor from a chosen network (an open relay); add a condition on authenticated-as, "
-        "remote-ip or rcpt-domain")
+        "authenticated nor from a chosen network (an open relay); add a condition on authenticated-as or "
+        "remote-ip")
+
+
+@pytest.mark.parametrize("rules, family", [
+    ('{ if = "remote-ip", eq = "0.0.0.0/1", then = true }, { if = "remote-ip", eq = "128.0.0.0/1", then = true }', 4),
+    ('{ any-of = [ { if = "remote-ip", eq = "0.0.0.0/1" }, { if = "remote-ip", eq = "128.0.0.0/1" } ], then = true }',
+     4),
+    # IPv4-mapped IPv6 networks are IPv4 networks
+    ('{ if = "remote-ip", eq = "::ffff:0.0.0.0/97", then = true }, { if = "remote-ip", eq = "128.0.0.0/1", '
+     'then = true }', 4),
+    ('{ if = "remote-ip", eq = "::/1", then = true }, { if = "remote-ip", eq = "8000::/1", then = true }', 6),
+    ('{ if = "remote-ip", eq = "::/0", then = true }', 6),
+    ('{ if = "remote-ip", eq = "0.0.0.0/0", then = true }', 4),
+    ('{ if = "listener", eq = "smtp", then = false }, { if = "remote-ip", eq = "0.0.0.0/2", then = true }, '
+     '{ if = "remote-ip", eq = "64.0.0.0/2", then = true }, { all-of = [ { if = "listener", eq = "smtp" }, '
+     '{ if = "remote-ip", eq = "128.0.0.0/1" } ], then = true }', 4),
+])
+def test_relay_networks_covering_everything_refused(rules, family):
+    assert fails(f'[session.rcpt]\nrelay = [ {rules}, {{ else = false }} ]\n') == (
+        "Configuration error: session.rcpt.relay: the remote-ip networks of the relaying rules together cover "
+        f"every IPv{family} address (an open relay); name only your clients' networks")
 
 
 @pytest.mark.parametrize("rule", [
     '{ if = "authenticated-as", ne = "", then = true }',
     '{ if = "remote-ip", eq = "10.0.0.0/8", then = true }',
-    '{ if = "rcpt-domain", eq = "backup.example", then = true }',
     '{ all-of = [ { if = "listener", eq = "smtp" }, { if = "authenticated-as", ne = "" } ], then = true }',
+    '{ all-of = [ { if = "rcpt-domain", ends-with = ".com" }, { if = "authenticated-as", ne = "" } ], then = true }',
+    '{ if = "remote-ip", eq = "0.0.0.0/1", then = true }, { if = "remote-ip", eq = "128.0.0.0/2", then = true }',
+    '{ if = "remote-ip", eq = "0.0.0.0/1", then = true }, { if = "remote-ip", eq = "::/1", then = true }',
+    '{ all-of = [ { if = "remote-ip", eq = "0.0.0.0/0" }, { if = "remote-ip", eq = "10.0.0.0/8" } ], then = true }',
+    '{ if = "remote-ip", eq = "0.0.0.0/0", then = false }, { if = "authenticated-as", ne = "", then = true }',
     '{ if = "listener", eq = "smtp", then = false }',
 ])
 def test_guarded_relay_rules_accepted(rule):

@@ -9,20 +9,11 @@ import pytest
 from scramp import ScramClient, ScramException, ScramMechanism
 
 from smtpgate.lookup.base import ScramKeys, SecretRecord
-from smtpgate.sasl import scram as scram_module
 from smtpgate.sasl.base import Challenge, ChannelBinding, Failure, NeedSecret, Success
 from smtpgate.sasl.scram import Scram
 from tests.support import need_binary
 
 CB = ChannelBinding("tls-unique", b"\x01finished-message-of-this-tls-session")
-
-
-@pytest.fixture(autouse=True)
-def _fresh_shape():
-    """Fakes copy the shape of the last real record; start every test from the default."""
-    scram_module._last_shape.clear()
-    yield
-    scram_module._last_shape.clear()
 
 
 def run(mech: Scram, client: ScramClient, record_for, client_first: str | None = None):
@@ -120,15 +111,26 @@ def test_plaintext_user_gets_the_same_salt_every_time():
     assert server_first_fields(sfs[0])["s"] == server_first_fields(sfs[1])["s"]
 
 
-def test_fakes_copy_the_shape_of_real_keys():
+def test_fakes_copy_the_shape_the_lookup_fixed():
     keys = gsasl_mkpasswd("SCRAM-SHA-256", "pencil")  # gsasl defaults: 65536 iterations, 12-octet salt
     rec = SecretRecord(account="tim", scram={"SHA-256": keys})
     lookup = {"tim": rec}.get
-    _, real = run(Scram("SCRAM-SHA-256"), ScramClient(["SCRAM-SHA-256"], "tim", "pencil"), lookup)
-    _, fake = run(Scram("SCRAM-SHA-256"), ScramClient(["SCRAM-SHA-256"], "ghost", "pencil"), lookup)
+    shape = {"SHA-256": (len(keys.salt), keys.iterations)}   # what ListLookup & co. compute at start
+    _, real = run(Scram("SCRAM-SHA-256", fake_shape=shape), ScramClient(["SCRAM-SHA-256"], "tim", "pencil"), lookup)
+    _, fake = run(Scram("SCRAM-SHA-256", fake_shape=shape), ScramClient(["SCRAM-SHA-256"], "ghost", "pencil"), lookup)
     real, fake = server_first_fields(real), server_first_fields(fake)
     assert fake["i"] == real["i"] == str(keys.iterations)
     assert len(fake["s"]) == len(real["s"])
+
+
+def test_fakes_never_copy_earlier_exchanges():
+    """Issue 9 item 8: a real exchange before must not change what an unknown user's fake looks like."""
+    keys = gsasl_mkpasswd("SCRAM-SHA-256", "pencil")
+    lookup = {"tim": SecretRecord(account="tim", scram={"SHA-256": keys})}.get
+    _, before = run(Scram("SCRAM-SHA-256"), ScramClient(["SCRAM-SHA-256"], "ghost", "pencil"), lookup)
+    run(Scram("SCRAM-SHA-256"), ScramClient(["SCRAM-SHA-256"], "tim", "pencil"), lookup)
+    _, after = run(Scram("SCRAM-SHA-256"), ScramClient(["SCRAM-SHA-256"], "ghost", "pencil"), lookup)
+    assert server_first_fields(before)["i"] == server_first_fields(after)["i"] == "4096"
 
 
 def test_record_without_usable_secret_fails_even_with_the_right_password():

@@ -14,7 +14,7 @@ import pytest
 from smtpgate.config.load import load_text
 from smtpgate.delivery.base import RcptResult
 from smtpgate.lookup import registry
-from smtpgate.lookup.base import AuthResult, Credentials, Outcome, SecretRecord
+from smtpgate.lookup.base import AuthResult, Credentials, Origin, Outcome, SecretRecord
 from smtpgate.protocol.reader import TOO_LONG, DataResult, LineReader
 from smtpgate.session import ListenerContext, Session, TlsInfo
 from smtpgate.session.requests import (UNAVAILABLE, Authenticate, Compute, Contains, Deliver, GetSecret, ReadData,
@@ -88,7 +88,7 @@ def test_greeting(settings, lookups):
 def test_ehlo_cleartext_offers_starttls_not_plain(settings, lookups):
     s = session(settings, lookups)
     assert cmd(s, b"EHLO client.test") == (b"250-mx.test says hello\r\n250-PIPELINING\r\n250-8BITMIME\r\n"
-                                           b"250-ENHANCEDSTATUSCODES\r\n250-SIZE 1000\r\n250-STARTTLS\r\n"
+                                           b"250-ENHANCEDSTATUSCODES\r\n250-SMTPUTF8\r\n250-SIZE 1000\r\n250-STARTTLS\r\n"
                                            b"250 HELP\r\n")
 
 
@@ -170,7 +170,9 @@ def test_auth_plain_yields_authenticate_and_235(settings, lookups):
     req = gen.send(None)
     assert isinstance(req, Authenticate)
     assert req.lookup is lookups["list/users"]
-    assert req.creds == Credentials("PLAIN", "john@example.org", "secret")
+    # the lookup is told where the attempt comes from (issue 9 item 14: forwarded to Dovecot with IMAP ID)
+    assert req.creds == Credentials("PLAIN", "john@example.org", "secret",
+                                    origin=Origin("192.0.2.10", 40000, "127.0.0.1", 587))
     assert out(s) == b""                                       # nothing said before the answer
     with pytest.raises(StopIteration):
         gen.send(AuthResult(Outcome.VALID, account="john@example.org", addresses=frozenset({"john@example.org"})))

@@ -275,7 +275,13 @@ class _Builder:
                 queries[name] = sql
             conc = values.positive_int(f"{base}.concurrency", self.take(f"{base}.concurrency", 10))
             timeout = values.duration(f"{base}.timeout", self.take(f"{base}.timeout", "5s"))
-            out[ident] = DatabaseSettings(ident, address, queries, conc, timeout, self.cache(base))
+            decoy = values.nonempty_string(f"{base}.decoy-scheme", self.take(f"{base}.decoy-scheme", "ARGON2ID"))
+            try:
+                from ..lookup.secrets import parse_decoy_scheme
+                parse_decoy_scheme(decoy)
+            except ValueError as exc:
+                raise ConfigError(f"{base}.decoy-scheme", str(exc)) from None
+            out[ident] = DatabaseSettings(ident, address, queries, conc, timeout, self.cache(base), decoy)
         return out
 
     def tls_client(self, base: str) -> TlsClientSettings:
@@ -402,7 +408,7 @@ class _Builder:
         parse = self._lookup_parser(row.lookup, lookups, remotes) if row.lookup else row.parse
         expr = compile_setting(key, raw, parse, row.variables, scope, is_list=row.is_list)
         if row is schema.RCPT_RELAY:
-            _refuse_open_relay_rules(key, raw)
+            _refuse_open_relay_rules(key, raw, scope.lists)
         return expr
 
     def _lookup_parser(self, kind: str, lookups: dict[str, str], remotes):
@@ -469,56 +475,89 @@ def _known_table(path: str) -> bool:
     return False
 
 
-def _refuse_open_relay_rules(key: str, raw: Any) -> None:
-    """Every rule that allows relaying must require authentication, a chosen client network, or name
-    the destination domains it relays to.
+def _refuse_open_relay_rules(key: str, raw: Any, lists: dict[str, frozenset[str]]) -> None:
+    """The relay guard: every rule that allows relaying must be limited to authenticated sessions or to
+    client networks, and the networks of all such rules together must leave part of the IPv4 and of the
+    IPv6 address space out. Nothing else limits who may relay: a destination (``rcpt-domain ends-with
+    ".com"``), a listener or a sender is chosen by the client, so rules on them alone are refused.
 
-    ``{ if = "listener", eq = "submission", then = true }`` alone would relay for anyone who connects to
-    that listener without logging in; combine it with ``authenticated-as`` (``all-of``) or a
-    ``remote-ip`` network instead. Checked on the raw rules, before compilation, with a conservative
-    reading: ``all-of`` is guarded if one part is, ``any-of`` only if every part is, ``none-of`` never.
+    Checked on the raw rules with a conservative reading, first match or not: a rule counts as guarded by
+    authentication if a condition on ``authenticated-as`` can only hold once logged in (``ne = ""``, a
+    non-empty ``eq``/``starts-with``/``ends-with``, ``in-list``, a ``matches`` that refuses ""); by networks if
+    it is ``remote-ip eq <CIDR>`` or ``remote-ip in-list`` (the list's addresses). ``all-of`` takes the
+    tightest part, ``any-of`` needs every part guarded (networks add up), ``none-of`` never guards.
+    IPv4-mapped IPv6 networks count as IPv4.
     """
     if not isinstance(raw, list):
         return
+    Nets = list[ipaddress.IPv4Network | ipaddress.IPv6Network]
+
+    def guard(cond: Any) -> str | Nets | None:
+        """Return "auth", the client networks the condition is limited to, or None (not limited)."""
+        if not isinstance(cond, dict):
+            return None
+        if "all-of" in cond:
+            parts = [guard(c) for c in cond["all-of"]] if isinstance(cond["all-of"], list) else []
+            if "auth" in parts:
+                return "auth"
+            nets = [p for p in parts if isinstance(p, list)]
+            return min(nets, key=lambda n: sum(x.num_addresses for x in n)) if nets else None
+        if "any-of" in cond:
+            parts = [guard(c) for c in cond["any-of"]] if isinstance(cond["any-of"], list) else [None]
+            if not parts or None in parts:
+                return None
+            nets = [n for p in parts if isinstance(p, list) for n in p]
+            return nets if nets else "auth"
+        if "none-of" in cond:
+            return None
+        ops = [k for k in cond if k not in ("if", "then")]
+        if len(ops) != 1:
+            return None
+        var, op, value = cond.get("if"), ops[0], cond[ops[0]]
+        if var == "authenticated-as":
+            if op in ("ne", "not-equal-to"):
+                return "auth" if value == "" else None
+            if op in ("eq", "equal-to", "starts-with", "ends-with"):
+                return "auth" if isinstance(value, str) and value != "" else None
+            if op == "matches":
+                try:
+                    return "auth" if isinstance(value, str) and re.search(value, "") is None else None
+                except re.error:
+                    return None
+            return "auth" if op == "in-list" else None
+        if var == "remote-ip" and op in ("eq", "equal-to") and isinstance(value, str):
+            texts = [value]
+        elif var == "remote-ip" and op == "in-list" and isinstance(value, str):
+            texts = sorted(lists.get(value.removeprefix("list/"), ()))
+        else:
+            return None
+        nets: Nets = []
+        for text in texts:
+            try:
+                net = ipaddress.ip_network(text.strip(), strict=False)
+            except ValueError:
+                continue  # in-list members that are not addresses (user names) never equal an IP
+            if isinstance(net, ipaddress.IPv6Network) and net.prefixlen >= 96 and net.network_address.ipv4_mapped:
+                net = ipaddress.ip_network(f"{net.network_address.ipv4_mapped}/{net.prefixlen - 96}")
+            nets.append(net)
+        return nets
+
+    allowed: Nets = []
     for i, rule in enumerate(raw):
-        if isinstance(rule, dict) and rule.get("then") is True and not _guarded(rule):
+        if not (isinstance(rule, dict) and rule.get("then") is True):
+            continue
+        g = guard(rule)
+        if g is None:
             raise ConfigError(f"{key}[{i}]", "this rule would relay for sessions that are neither authenticated nor "
                                              "from a chosen network (an open relay); add a condition on "
-                                             "authenticated-as, remote-ip or rcpt-domain")
-
-
-def _guarded(cond: dict) -> bool:
-    if "all-of" in cond:
-        return any(_guarded(c) for c in cond["all-of"] if isinstance(c, dict))
-    if "any-of" in cond:
-        return all(_guarded(c) for c in cond["any-of"] if isinstance(c, dict))
-    if "none-of" in cond:
-        return False
-    var = cond.get("if")
-    ops = [k for k in cond if k not in ("if", "then")]
-    if len(ops) != 1:
-        return False
-    op, value = ops[0], cond[ops[0]]
-    if var == "authenticated-as":
-        if op in ("ne", "not-equal-to"):
-            return value == ""
-        if op in ("eq", "equal-to", "starts-with", "ends-with"):
-            return isinstance(value, str) and value != ""
-        if op == "matches":
-            try:
-                return isinstance(value, str) and re.search(value, "") is None
-            except re.error:
-                return False
-        return op == "in-list"
-    if var == "remote-ip":
-        if op in ("eq", "equal-to") and isinstance(value, str):
-            return not value.strip().endswith("/0")
-        return op == "in-list"
-    if var in ("rcpt-domain", "rcpt"):
-        # Relaying *to* named destinations (a backup MX's relay domains) is not an open relay.
-        return op in ("eq", "equal-to", "in-list") or (op == "ends-with" and isinstance(value, str) and
-                                                       len(value.strip(".")) > 0 and "." in value)
-    return False
+                                             "authenticated-as or remote-ip")
+        if isinstance(g, list):
+            allowed.extend(g)
+    for everything in (ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0")):
+        nets = [n for n in allowed if n.version == everything.version]
+        if list(ipaddress.collapse_addresses(nets)) == [everything]:  # type: ignore[arg-type]
+            raise ConfigError(key, f"the remote-ip networks of the relaying rules together cover every IPv"
+                                   f"{everything.version} address (an open relay); name only your clients' networks")
 
 
 def _refuse_open_relay(expr: Expr) -> None:

@@ -77,6 +77,7 @@ class DatabaseSettings:         # [database."<id>"]
     concurrency: int = 10       # .concurrency (pool size)
     timeout: float = 5.0        # .timeout
     cache: CacheSettings = field(default_factory=CacheSettings)
+    decoy_scheme: str = "ARGON2ID"  # .decoy-scheme: what unknown users are checked against (issue 9 item 8)
 
 
 @dataclass(slots=True)

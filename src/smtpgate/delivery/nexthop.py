@@ -80,6 +80,12 @@ class NextHop(Delivery):
             mail = f"MAIL FROM:<{env.mail_from}>"
             if "8BITMIME" in exts and (env.mail_params.get("BODY") or "").upper() == "8BITMIME":
                 mail += " BODY=8BITMIME"
+            if "SMTPUTF8" in env.mail_params:
+                if "SMTPUTF8" in exts:
+                    mail += " SMTPUTF8"
+                elif _needs_smtputf8(env):
+                    # RFC 6531 §3.2: never passed to a server without SMTPUTF8 (an all-ASCII one goes as is).
+                    return self._all(env, 550, "5.6.7 Next hop does not support SMTPUTF8")
             if "AUTH" in exts and env.auth_param:
                 from ..protocol.commands import xtext_encode
                 mail += f" AUTH={xtext_encode(env.auth_param) if env.auth_param != '<>' else '<>'}"
@@ -151,6 +157,14 @@ def _text(texts: list[str], code: int = 451) -> str:
     if re.match(r"^[245]\.\d{1,3}\.\d{1,3} ", text):
         return text
     return f"{code // 100}.0.0 Next hop said: {text}"
+
+
+def _needs_smtputf8(env: Envelope) -> bool:
+    """Non-ASCII in an envelope address or in the header section (RFC 6532 headers)."""
+    if not (env.mail_from.isascii() and all(r.isascii() for r in env.rcpt_to)):
+        return True
+    end = env.data.find(b"\r\n\r\n")
+    return not env.data[:end if end >= 0 else len(env.data)].isascii()
 
 
 def _stuff(data: bytes) -> bytes:

@@ -17,6 +17,7 @@ import time
 from typing import Any
 
 from ..protocol import replies as R
+from ..protocol.commands import xtext_encode
 from .base import Delivery, Envelope, RcptResult
 
 
@@ -56,7 +57,7 @@ class Spool(Delivery):
             "auth_param": env.auth_param, "helo": env.helo, "remote_ip": env.remote_ip,
             "listener": env.listener, "tls": env.tls, "queue_id": env.queue_id,
             "received_at": env.received_at, "size": len(env.data),
-            "params": env.mail_params,
+            "params": _effective_params(env),
         }, separators=(",", ":")).encode()
         tmp_path = os.path.join(self.tmp, name)
         fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -78,6 +79,15 @@ class Spool(Delivery):
         finally:
             os.close(dfd)
         return name
+
+
+def _effective_params(env: Envelope) -> dict[str, str | None]:
+    """MAIL parameters as they apply: ``AUTH=`` is what was kept (RFC 4954 §5, xtext), ``<>`` when the
+    client's claim was not trusted -- never the client's raw claim."""
+    params = dict(env.mail_params)
+    if "AUTH" in params:
+        params["AUTH"] = "<>" if env.auth_param in (None, "<>") else xtext_encode(env.auth_param)
+    return params
 
 
 def read_message(path: str) -> tuple[dict[str, Any], bytes]:

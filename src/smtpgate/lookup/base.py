@@ -17,6 +17,7 @@ Lookups never import the session: they receive :class:`Credentials` and return :
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 
@@ -36,14 +37,27 @@ class Capability(enum.Flag):
 
 
 @dataclass(frozen=True, slots=True)
+class Origin:
+    """Where an attempt comes from: the SMTP client's address and port, and the local address and port
+    it connected to. A remote store may be told (IMAP ``ID``) so that its own per-IP protections (Dovecot's
+    auth penalty) apply to the client, not to smtpgate."""
+    client_ip: str
+    client_port: int
+    local_ip: str
+    local_port: int
+
+
+@dataclass(frozen=True, slots=True)
 class Credentials:
     """What a SASL mechanism extracted from the client. ``secret`` is a password or a bearer token
-    (``kind`` says which). Never log ``secret``."""
+    (``kind`` says which). Never log ``secret``. ``origin`` is added by the AUTH stage (mechanisms do
+    not know the connection); it is not part of what is verified or cached."""
     mechanism: str           # upper-case SASL name, e.g. "PLAIN"
     username: str            # authcid (for tokens: the user the client claims, may be "")
     secret: str
     kind: str = "password"   # "password" | "token"
     authzid: str = ""
+    origin: Origin | None = None
 
     def __repr__(self) -> str:  # keeps secrets out of tracebacks and debug logs
         return f"Credentials(mechanism={self.mechanism!r}, username={self.username!r}, kind={self.kind!r})"
@@ -95,6 +109,16 @@ class SecretRecord:
         return f"SecretRecord(account={self.account!r}, has_plaintext={self.plaintext is not None}, scram={sorted(self.scram)})"
 
 
+def common_scram_shape(keys: Iterable[dict[str, ScramKeys]]) -> dict[str, tuple[int, int]]:
+    """Per hash, the (salt length, iterations) most stored keys have (the first of equals)."""
+    counts: dict[str, dict[tuple[int, int], int]] = {}
+    for per_hash in keys:
+        for name, k in per_hash.items():
+            shape = (len(k.salt), k.iterations)
+            counts.setdefault(name, {})[shape] = counts.get(name, {}).get(shape, 0) + 1
+    return {name: max(shapes, key=shapes.__getitem__) for name, shapes in counts.items()}
+
+
 class LookupUnavailable(Exception):
     """Raised by ``get_secret``/``contains`` when the store cannot answer. The message is logged."""
 
@@ -105,6 +129,9 @@ class Lookup:
     #: "list/users", "db/sql/auth", "remote/imap", "directory/ldap" ... -- set by the registry
     name: str = ""
     capabilities: Capability = Capability.NONE
+    #: SCRAM hash ("SHA-256", "SHA-1") -> (salt length, iterations) that unknown users' fake exchanges show,
+    #: fixed when the lookup starts from what it stores (so fakes look like its real users); {} = defaults.
+    scram_decoy: dict[str, tuple[int, int]] = {}
 
     async def authenticate(self, creds: Credentials) -> AuthResult:
         """Verify a password or token. Must not raise for ordinary failures; return INVALID/UNAVAILABLE."""

@@ -71,6 +71,10 @@ class CachedLookup(Lookup):
     def capabilities(self) -> Capability:
         return self.inner.capabilities
 
+    @property  # type: ignore[override]
+    def scram_decoy(self) -> dict[str, tuple[int, int]]:
+        return self.inner.scram_decoy
+
     async def get_secret(self, username: str) -> SecretRecord | None:
         return await self.inner.get_secret(username)
 

@@ -1,5 +1,9 @@
 """``remote/<id>`` with ``protocol = "imap"``: verify credentials by logging in to an IMAP server.
 
+When the server offers ``ID`` (RFC 2971), the SMTP client's address and port and the local address and
+port it reached go first (``x-originating-ip``/``-port``, ``x-connected-ip``/``-port``): Dovecot honours
+them from ``login_trusted_networks`` so its per-IP auth penalty hits the attacker, not every user.
+
 The client's own credentials are presented to the remote (RFC 9051/3501): ``AUTHENTICATE PLAIN`` (with
 SASL-IR when offered, RFC 4959), else the ``LOGIN`` command; bearer tokens go out as ``AUTHENTICATE
 OAUTHBEARER`` (RFC 7628) or ``XOAUTH2``, whichever the server offers. The tagged reply decides:
@@ -176,6 +180,8 @@ class ImapLookup(RemoteAuthLookup):
             caps = None                           # pre-TLS capabilities must be forgotten (RFC 3501)
         if caps is None:
             caps = await self._capability(imap)
+        if "ID" in caps and creds.origin is not None:
+            await self._forward_origin(imap, creds)
 
         if creds.kind == "token":
             reply = await self._login_token(imap, caps, creds)
@@ -199,6 +205,20 @@ class ImapLookup(RemoteAuthLookup):
             except OSError:
                 pass
         return result
+
+    async def _forward_origin(self, imap: _Imap, creds: Credentials) -> None:
+        """RFC 2971 ``ID`` with the fields Dovecot reads from a trusted peer (``login_trusted_networks``):
+        its auth penalty, logs and ``%{rip}`` then see the SMTP client, not smtpgate, so one attacker's
+        bad passwords do not slow every other user's login. An untrusted server ignores them; the answer
+        does not matter either way."""
+        o = creds.origin
+        assert o is not None
+        fields = (("x-originating-ip", o.client_ip), ("x-originating-port", str(o.client_port)),
+                  ("x-connected-ip", o.local_ip), ("x-connected-port", str(o.local_port)))
+        body = " ".join(f'"{k}" "{v}"' for k, v in fields if _QUOTABLE.fullmatch(v) and '"' not in v
+                        and "\\" not in v)
+        log.debug("%s: ID with the client's address", self.name)
+        await imap.command(b"ID (" + body.encode("ascii") + b")")
 
     async def _capability(self, imap: _Imap) -> frozenset[str]:
         reply = await imap.command(b"CAPABILITY")

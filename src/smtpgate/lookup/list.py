@@ -15,7 +15,7 @@ import logging
 
 from ..config.model import ListSettings
 from . import secrets
-from .base import INVALID, AuthResult, Capability, Credentials, Lookup, Outcome, SecretRecord
+from .base import INVALID, AuthResult, Capability, Credentials, Lookup, Outcome, SecretRecord, common_scram_shape
 
 log = logging.getLogger("smtpgate.lookup.list")
 
@@ -38,9 +38,11 @@ class ListLookup(Lookup):
                 log.warning("%s: duplicate entry for %s ignored (names are case-insensitive)", self.name, user)
                 continue
             self._users[key] = (user, stored)
-        # Unknown users are checked against a real stored secret of this list, so they cost what a known
-        # user costs whatever scheme the list uses (a plaintext list must not make unknown users slower).
-        self._decoy = next(iter(self._users.values()))[1] if self._users else None
+        # Unknown users are checked against the list's costliest stored secret, fixed here: they cost what
+        # its slowest users cost (a plaintext list does not make unknown users slower), and no login can
+        # change it.
+        self._decoy = secrets.slowest(stored for _, stored in self._users.values())
+        self.scram_decoy = common_scram_shape(secrets.scram_of(s) for _, s in self._users.values())
         caps = Capability.PASSWORD | Capability.MEMBERSHIP
         if any(secrets.plaintext_of(s) is not None for _, s in self._users.values()):
             caps |= Capability.SCRAM | Capability.CRAM

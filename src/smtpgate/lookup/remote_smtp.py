@@ -11,6 +11,10 @@ The client's own credentials go to the remote (RFC 4954): EHLO (LHLO for LMTP), 
   the remote is configured differently from us, and turning them into 535 would lock out every user
 * ``4xx``, garbage, refused, TLS failure, timeout -> UNAVAILABLE
 
+When the remote offers XCLIENT (Postfix, Dovecot), the SMTP client's address goes first (``ADDR``,
+``PORT``, and ``DESTADDR``/``DESTPORT`` where offered), so the remote's per-IP auth penalty hits the
+client rather than smtpgate -- as IMAP ``ID`` does for ``remote/imap``.
+
 Hand-written rather than aiosmtplib: aiosmtplib has no LHLO (LMTP) and its STARTTLS/AUTH helpers
 re-issue EHLO on their own; the dialogue here is a dozen lines either way, and sharing
 :class:`~smtpgate.net.stream.LineStream` with the IMAP lookup keeps timeouts, STARTTLS-injection
@@ -93,6 +97,11 @@ class SmtpAuthLookup(RemoteAuthLookup):
             if isinstance(ext, AuthResult):
                 return ext
 
+        if "XCLIENT" in ext and creds.origin is not None:
+            ext = await self._forward_origin(stream, ext, creds)
+            if isinstance(ext, AuthResult):
+                return ext
+
         mechanisms = ext.get("AUTH")
         if mechanisms is None:
             hint = ""
@@ -108,6 +117,26 @@ class SmtpAuthLookup(RemoteAuthLookup):
         except OSError:
             pass
         return result
+
+    async def _forward_origin(self, stream: LineStream, ext: dict[str, list[str]],
+                              creds: Credentials) -> dict[str, list[str]] | AuthResult:
+        """XCLIENT (Postfix's, also Dovecot's submission and LMTP) with the SMTP client's address, as IMAP
+        ``ID`` does for ``remote/imap``: the remote's per-IP protections then see the client. Servers
+        honour it only from their trusted networks; a refusal changes nothing and the login goes on."""
+        o = creds.origin
+        assert o is not None
+        offered = set(ext["XCLIENT"])
+        ip = f"IPV6:{o.client_ip}" if ":" in o.client_ip else o.client_ip
+        attrs = [f"{k}={v}" for k, v in (("ADDR", ip), ("PORT", str(o.client_port)),
+                                         ("DESTADDR", o.local_ip), ("DESTPORT", str(o.local_port)))
+                 if k in offered and all(c.isalnum() or c in ".:" for c in v)]
+        if not attrs:
+            return ext
+        code, texts = await self._command(stream, b"XCLIENT " + " ".join(attrs).encode("ascii"))
+        if code != 220:
+            log.debug("%s: XCLIENT answered %d %s", self.name, code, _short(texts))
+            return ext
+        return await self._hello(stream)          # XCLIENT starts a new session (greeting, then EHLO)
 
     async def _login(self, stream: LineStream, mechanisms: set[str], creds: Credentials) -> AuthResult:
         if creds.kind == "token":

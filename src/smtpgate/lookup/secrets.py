@@ -29,6 +29,7 @@ import os
 import re
 import secrets as _random
 import warnings
+from collections.abc import Iterable
 
 import argon2
 import bcrypt
@@ -49,7 +50,7 @@ log = logging.getLogger("smtpgate.lookup.secrets")
 
 __all__ = [
     "verify", "plaintext_of", "scram_of", "hash_password", "scram_keys", "configure_executor", "run_sync",
-    "scheme_of",
+    "scheme_of", "cost", "slowest", "parse_decoy_scheme", "make_decoy", "default_decoy",
 ]
 
 # --------------------------------------------------------------------------------------------------------
@@ -132,10 +133,10 @@ def _parse_scram(value: str) -> ScramKeys:
     parts = value.split(",")
     if len(parts) < 4:
         raise _Malformed("expected iterations,salt,stored-key,server-key")
-    try:
-        iterations = int(parts[0])
-    except ValueError:
-        raise _Malformed("bad iteration count") from None
+    # ASCII digits only: int() would also take "٤٠٩٦", " 4096" or "4_096".
+    if not (parts[0].isascii() and parts[0].isdigit() and len(parts[0]) <= 10):
+        raise _Malformed("bad iteration count")
+    iterations = int(parts[0])
     if iterations < 1:
         raise _Malformed("bad iteration count")
     salt, stored_key, server_key = (_decode(p, "b64") for p in parts[1:4])
@@ -266,6 +267,131 @@ def _check(stored: str, pw: bytes) -> bool:
 @functools.lru_cache(maxsize=1)
 def _dummy_hash() -> str:
     return _hasher.hash(_random.token_urlsafe(24))
+
+
+# --------------------------------------------------------------------------------------------------------
+# decoys: what an unknown user's password is checked against
+#
+# Each lookup fixes its decoy when it starts, from what it stores (the slowest secret it holds, see
+# :func:`slowest`) or from configuration (:func:`make_decoy`), so "no such user" costs what "wrong password"
+# costs for its slowest users -- and never depends on which logins came before (an attacker must not be
+# able to pick the decoy by logging in first).
+
+_ARGON2_PARAMS = re.compile(r"\$argon2(?:id|i|d)\$(?:v=[0-9]+\$)?m=([0-9]{1,9}),t=([0-9]{1,9}),p=([0-9]{1,9})\$")
+_BCRYPT_COST = re.compile(r"\$2[abxy]?\$([0-9][0-9])\$")
+_CRYPT_ROUNDS = re.compile(r"\$[56]\$rounds=([0-9]{1,9})\$")
+
+
+def cost(stored: str) -> float:
+    """A rough verification cost in microseconds, to rank a store's secrets (not a measurement).
+
+    Ordering is what matters: plaintext < digests < md5-crypt < sha-crypt/SCRAM (per round) < bcrypt
+    (2^cost) and argon2 (memory x passes)."""
+    scheme, value, _ = _split(stored)
+    if scheme in ("", *_PLAIN):
+        return 0.1
+    if scheme in _DIGESTS:
+        return 1.0
+    if scheme in _SCRAM:
+        try:
+            return _parse_scram(value).iterations * 0.25
+        except _Malformed:
+            return 0.0
+    if scheme in ("ARGON2ID", "ARGON2I", "BLF-CRYPT", "CRYPT", "MCF", *_CRYPT_IDS):
+        if m := _ARGON2_PARAMS.match(value):
+            return int(m.group(1)) * int(m.group(2)) * 0.8
+        if m := _BCRYPT_COST.match(value):
+            return 2 ** min(int(m.group(1)), 31) * 60.0
+        if value.startswith(("$6$", "$5$")):
+            m = _CRYPT_ROUNDS.match(value)
+            return (int(m.group(1)) if m else 5000) * (0.25 if value.startswith("$6$") else 0.4)
+        if value.startswith("$1$"):
+            return 300.0
+        if value.startswith(("$y$", "$gy$", "$7$")):
+            return 50_000.0
+    return 0.0
+
+
+def slowest(stored: Iterable[str]) -> str | None:
+    """The stored secret that costs most to verify (the first of equals), or None for none."""
+    best: str | None = None
+    best_cost = -1.0
+    for value in stored:
+        c = cost(value)
+        if c > best_cost:
+            best, best_cost = value, c
+    return best
+
+
+#: decoy-scheme name -> (kind, default parameters)
+_DECOY_SCHEMES: dict[str, tuple[str, dict[str, int]]] = {
+    "PLAIN": ("plain", {}),
+    **{name: ("digest", {}) for name in _DIGESTS},
+    "SHA512-CRYPT": ("crypt", {"rounds": 5000}), "SHA256-CRYPT": ("crypt", {"rounds": 5000}),
+    "MD5-CRYPT": ("crypt", {}),
+    "BLF-CRYPT": ("bcrypt", {"cost": 10}),
+    # what hash_password (and so `smtpgate user`) writes
+    "ARGON2ID": ("argon2", {"m": _hasher.memory_cost, "t": _hasher.time_cost, "p": _hasher.parallelism}),
+    "ARGON2I": ("argon2", {"m": _hasher.memory_cost, "t": _hasher.time_cost, "p": _hasher.parallelism}),
+    "SCRAM-SHA-1": ("scram", {"i": 4096}), "SCRAM-SHA-256": ("scram", {"i": 4096}),
+}
+_DECOY_LIMITS = {"rounds": (1000, 999_999_999), "cost": (4, 31), "m": (8, 4_194_304), "t": (1, 100),
+                 "p": (1, 255), "i": (1, 10_000_000)}
+
+
+def parse_decoy_scheme(spec: str) -> tuple[str, dict[str, int]]:
+    """``"SHA512-CRYPT"``, ``"SHA512-CRYPT rounds=10000"``, ``"BLF-CRYPT cost=12"``,
+    ``"ARGON2ID m=65536 t=3 p=4"``, ``"SCRAM-SHA-256 i=4096"`` -> (scheme, parameters). ValueError with
+    a one-line reason otherwise."""
+    words = spec.split()
+    if not words or words[0].upper() not in _DECOY_SCHEMES:
+        raise ValueError(f"expected one of {', '.join(sorted(_DECOY_SCHEMES))} (optionally with parameters)")
+    scheme = words[0].upper()
+    params = dict(_DECOY_SCHEMES[scheme][1])
+    for word in words[1:]:
+        key, eq, value = word.partition("=")
+        if not eq or key not in params:
+            raise ValueError(f"{scheme} takes {', '.join(f'{k}=' for k in params) or 'no parameters'}, "
+                             f"not {word!r}")
+        low, high = _DECOY_LIMITS[key]
+        if not (value.isascii() and value.isdigit()) or not low <= int(value) <= high:
+            raise ValueError(f"{key} must be a number from {low} to {high}")
+        params[key] = int(value)
+    return scheme, params
+
+
+def make_decoy(spec: str) -> str:
+    """A stored secret of the scheme ``spec`` names (see :func:`parse_decoy_scheme`) for a random password
+    nobody knows. CPU-bound for slow schemes: call via :func:`run_sync`."""
+    scheme, p = parse_decoy_scheme(spec)
+    kind = _DECOY_SCHEMES[scheme][0]
+    if scheme == "ARGON2ID" and p == _DECOY_SCHEMES[scheme][1]:
+        return _dummy_hash()  # the same parameters: one per process is enough
+    secret = _random.token_urlsafe(24)
+    if kind == "plain":
+        return "{PLAIN}" + secret
+    if kind == "digest":
+        algo, salted, enc = _DIGESTS[scheme]
+        salt = _random.token_bytes(8) if salted else b""
+        raw = hashlib.new(algo, secret.encode() + salt).digest() + salt
+        return f"{{{scheme}}}" + (raw.hex() if enc == "hex" else base64.b64encode(raw).decode())
+    if kind == "crypt":
+        ident = _CRYPT_IDS[scheme]
+        rounds = f"rounds={p['rounds']}$" if "rounds" in p else ""
+        salt = _random.token_urlsafe(12).replace("-", ".").replace("_", "/")[:16]
+        return f"{{{scheme}}}" + _crypt.crypt(secret, f"${ident}${rounds}{salt}$")
+    if kind == "bcrypt":
+        return "{BLF-CRYPT}" + bcrypt.hashpw(secret.encode(), bcrypt.gensalt(p["cost"])).decode()
+    if kind == "argon2":
+        hasher = argon2.PasswordHasher(time_cost=p["t"], memory_cost=p["m"], parallelism=p["p"],
+                                       type=argon2.Type.ID if scheme == "ARGON2ID" else argon2.Type.I)
+        return f"{{{scheme}}}" + hasher.hash(secret)
+    return format_scram(scram_keys(secret, _SCRAM[scheme], iterations=p["i"]), _SCRAM[scheme])
+
+
+def default_decoy() -> str:
+    """A decoy with :func:`hash_password`'s parameters (the internal user store's own). CPU-bound."""
+    return _dummy_hash()
 
 
 def _check_decoy(decoy: str | None, pw: bytes) -> bool:

@@ -162,7 +162,7 @@ class Conn:
         if self.dialect == "postgres":
             status = await self.raw.execute(to_numbered(sql), *params)
             tail = status.rsplit(" ", 1)[-1]
-            return int(tail) if tail.isdigit() else 0
+            return int(tail) if tail.isascii() and tail.isdigit() else 0
         async with self.raw.execute(sql, params) as cur:
             return cur.rowcount
 
@@ -207,6 +207,8 @@ class SqlDatabase:
         self._pg: asyncpg.Pool | None = None
         self._pg_lock = asyncio.Lock()
         self._lookups: dict[str, SqlLookup] = {}
+        self.decoy: str | None = None     # made once at start from settings.decoy_scheme (see SqlLookup)
+        self._decoy_lock = asyncio.Lock()
         self._refs = 0
         self._closed = False
         self._background: set[asyncio.Task[Any]] = set()
@@ -375,6 +377,15 @@ class SqlLookup(Lookup):
 
     async def start(self) -> None:
         await self.db._ref()
+        # Unknown users are checked against a decoy fixed now, of the scheme the table holds (a query
+        # takes one user, so the table cannot be surveyed: database.<id>.decoy-scheme names it).
+        async with self.db._decoy_lock:
+            if self.db.decoy is None:
+                spec = self.db.settings.decoy_scheme
+                self.db.decoy = await secrets.run_sync(secrets.make_decoy, spec)
+                log.info("%s: unknown users are checked against a %s decoy (database.%s.decoy-scheme)",
+                         self.name, spec, self.db.id)
+        self._decoy = self.db.decoy
 
     async def close(self) -> None:
         await self.db._unref()
@@ -419,8 +430,6 @@ class SqlLookup(Lookup):
         if stored is None:
             await secrets.verify(None, creds.secret, decoy=self._decoy)
             return INVALID
-        # unknown users are later checked against a real secret of this table: same scheme, same cost
-        self._decoy = stored
         ok = await secrets.verify(stored, creds.secret)
         if not ok or disabled:
             return INVALID

@@ -28,7 +28,7 @@ import asyncpg
 from ..config.model import DatabaseSettings, DirectorySettings
 from . import secrets
 from .base import (INVALID, AuthResult, Capability, Credentials, Lookup, LookupUnavailable, Outcome,
-                   SecretRecord, unavailable)
+                   SecretRecord, common_scram_shape, unavailable)
 from .sql import Conn, SqlDatabase, SqlError, parse_sqlite_url
 
 log = logging.getLogger("smtpgate.lookup.users")
@@ -312,6 +312,7 @@ class UserStoreLookup(Lookup):
         url = settings.options.store
         self.name = f"directory/{settings.id}"
         self.store = UserStore(str(url), timeout=settings.timeout, concurrency=settings.concurrency)
+        self._decoy: str | None = None   # set by start()
 
     async def start(self) -> None:
         await self.store.start()
@@ -319,8 +320,16 @@ class UserStoreLookup(Lookup):
         # that is down at startup is not fatal: logins answer 454 until it is back (login() retries).
         try:
             await self.store.ensure_schema()
+            rows = await self.store.db.fetch("SELECT password, scram_sha256, scram_sha1 FROM smtpgate_users")
+            stored = [r[0] for r in rows.rows]
+            self.scram_decoy = common_scram_shape({**secrets.scram_of(r[1]), **secrets.scram_of(r[2])}
+                                                  for r in rows.rows)
         except SqlError as exc:
             log.warning("%s unavailable at startup: %s", self.name, exc)
+            stored = []
+        # Unknown users are checked against the costliest secret stored now, or a fresh hash with the
+        # parameters new users get; fixed for the process, never taken from a login.
+        self._decoy = secrets.slowest(stored) or await secrets.run_sync(secrets.default_decoy)
 
     async def close(self) -> None:
         await self.store.close()
@@ -334,7 +343,7 @@ class UserStoreLookup(Lookup):
             log.warning("%s unavailable: %s", self.name, exc)
             return unavailable(str(exc))
         if login is None:
-            await secrets.verify(None, creds.secret)  # dummy argon2id: same parameters as real users
+            await secrets.verify(None, creds.secret, decoy=self._decoy)
             return INVALID
         if not await secrets.verify(login.password, creds.secret) or login.disabled:
             return INVALID

@@ -125,6 +125,19 @@ def parse_params(text: str) -> dict[str, str | None]:
     return params
 
 
+_DIGITS = re.compile(r"[0-9]{1,20}")
+
+
+def ascii_number(value: str | None, max_digits: int = 20) -> int | None:
+    """A decimal number of 1..``max_digits`` ASCII digits (RFC 5321/1870 ``1*20DIGIT``), else None.
+
+    Every number a client sends goes through here: ``str.isdigit()`` also accepts ``²`` and ``①``, and
+    ``int()`` accepts ``٤``, ``_``, spaces and signs -- none of which is a DIGIT on the wire."""
+    if value is None or len(value) > max_digits or not _DIGITS.fullmatch(value):
+        return None
+    return int(value)
+
+
 def xtext_decode(value: str) -> str:
     """RFC 3461 §4: ``+XX`` hex escapes (upper-case hex) of UTF-8 octets; raises ParseError on malformed
     input."""

@@ -11,6 +11,8 @@ no longer kept, only scanned for its end, so an oversized message costs no memor
 """
 from __future__ import annotations
 
+import re
+
 TOO_LONG = object()
 
 #: RFC 4954 §4: SASL lines (and AUTH with an initial response) up to 12 288 octets.
@@ -22,6 +24,7 @@ MAIL_LINE_LIMIT = 512 + 500         # RFC 4954 §5: room for AUTH= on MAIL FROM
 SASL_RESPONSE_LIMIT = SASL_LINE_LIMIT + 2
 
 _EOD = b"\r\n.\r\n"
+_UNSTUFF = re.compile(rb"\r\n\.(?![\r\n])")
 
 
 class DataResult:
@@ -64,6 +67,12 @@ class LineReader:
     @property
     def buffered(self) -> int:
         return len(self._buf) - self._pos
+
+    @property
+    def held(self) -> int:
+        """Bytes this reader keeps in memory: unread input, input read but not yet compacted away, and
+        the message body so far."""
+        return len(self._buf) + (len(self._data) if self._data is not None else 0)
 
     def next_line(self, limit: int = SASL_LINE_LIMIT) -> bytes | object | None:
         buf = self._buf
@@ -132,6 +141,8 @@ class LineReader:
             return DataResult(b"", size, True)
         # RFC 5321 §4.5.2: a line's leading period is removed. Every CRLF "." left in the body starts such a
         # line (the first CRLF "." CRLF was the end), including the first line thanks to the leading CRLF.
-        body = bytes(data[:body_len]).replace(b"\r\n.", b"\r\n")[2:]
+        # A "." followed by a bare LF or CR is not unstuffed: "\r\n.\n" is no stuffed line but a line "."
+        # from a client ending lines with LF, and must reach the next hop as it was sent.
+        body = _UNSTUFF.sub(b"\r\n", bytes(data[:body_len]))[2:]
         self._data = None
         return DataResult(body, size, False)

@@ -44,13 +44,14 @@ def cleartext_sensitive(name: str) -> bool:
 
 
 def create(name: str, *, hostname: str, channel_binding: ChannelBinding | None = None,
-           plus_advertised: bool = False) -> Mechanism:
+           plus_advertised: bool = False, scram_decoy: dict[str, tuple[int, int]] | None = None) -> Mechanism:
     """A fresh mechanism instance for one AUTH exchange.
 
     ``name`` is case-insensitive (KeyError if unknown). ``hostname`` goes into the CRAM-MD5 challenge.
     ``channel_binding`` is required by the -PLUS variants (ValueError without a usable one).
     ``plus_advertised`` tells the non-PLUS SCRAM variants that a -PLUS variant was offered in this
-    session, so a client claiming otherwise (``y``) is a downgrade.
+    session, so a client claiming otherwise (``y``) is a downgrade. ``scram_decoy`` is the lookup's fake
+    SCRAM shape (fixed when it started).
     """
     upper = _canonical(name)
     if upper == "PLAIN":
@@ -63,7 +64,7 @@ def create(name: str, *, hostname: str, channel_binding: ChannelBinding | None =
         return XOAuth2()
     if upper == "CRAM-MD5":
         return CramMD5(hostname=hostname)
-    return Scram(upper, channel_binding=channel_binding, plus_advertised=plus_advertised)
+    return Scram(upper, channel_binding=channel_binding, plus_advertised=plus_advertised, fake_shape=scram_decoy)
 
 
 __all__ = [

@@ -26,9 +26,10 @@ Not revealing who exists
 ------------------------
 An unknown user, or a record with neither usable keys nor a plaintext secret, gets a salt and keys derived
 from the username under a per-process random key: repeated attempts see the same salt, the exchange
-looks like a real one, and it ends with Failure("invalid"). The fake iteration count and salt length copy
-the last real record seen for that hash, so a store of e.g. gsasl-made keys (65536 iterations, 12-octet
-salts) does not stand out against fakes. A plaintext secret is turned into keys with a salt made the same
+looks like a real one, and it ends with Failure("invalid"). The fake iteration count and salt length are
+the lookup's ``scram_decoy`` (the shape most of its stored keys have, fixed when it starts -- never taken
+from earlier exchanges), so a store of e.g. gsasl-made keys (65536 iterations, 12-octet salts) does not
+stand out against fakes. A plaintext secret is turned into keys with a salt made the same
 way, so plaintext users and unknown users are indistinguishable too.
 
 CPU: ``secret()`` runs PBKDF2 (``iterations`` rounds, ~1-2 ms at 4096) for a plaintext record the first
@@ -65,8 +66,6 @@ MIN_ITERATIONS, MAX_ITERATIONS, MIN_SALT = 4096, 10_000_000, 12
 _DERIVED_MAX = 1024
 _derived: OrderedDict[bytes, tuple[bytes, bytes, bytes, int]] = OrderedDict()
 _derived_lock = threading.Lock()  # secret() may run in executor threads
-#: hash key → (salt length, iterations) of the last real secret used, copied by fakes
-_last_shape: dict[str, tuple[int, int]] = {}
 
 _KeyTuple = tuple[bytes, bytes, bytes, int]  # salt, stored key, server key, iterations (scramp's order)
 
@@ -80,7 +79,8 @@ class Scram(StatefulMechanism):
     server_first = False
 
     def __init__(self, name: str, *, channel_binding: ChannelBinding | None = None,
-                 plus_advertised: bool = False, iterations: int = DEFAULT_ITERATIONS) -> None:
+                 plus_advertised: bool = False, iterations: int = DEFAULT_ITERATIONS,
+                 fake_shape: dict[str, tuple[int, int]] | None = None) -> None:
         super().__init__()
         self.name = name.upper()
         base = self.name.removesuffix("-PLUS")
@@ -101,6 +101,7 @@ class Scram(StatefulMechanism):
             raise ValueError(f"SCRAM iterations must be {MIN_ITERATIONS}..{MAX_ITERATIONS}")
         self._plus_advertised = plus_advertised
         self._iterations = iterations
+        self._fake_shape = fake_shape or {}
         self._mech = ScramMechanism(self.name)
         self._client_first = ""
         self._username = ""
@@ -189,7 +190,6 @@ class Scram(StatefulMechanism):
         if stored is not None:
             if (len(stored.salt) >= MIN_SALT and MIN_ITERATIONS <= stored.iterations <= MAX_ITERATIONS
                     and len(stored.stored_key) == len(stored.server_key) == self._digest_size):
-                _last_shape[self._hash] = (len(stored.salt), stored.iterations)
                 return stored.salt, stored.stored_key, stored.server_key, stored.iterations
             log.warning("stored %s keys for %r are unusable (salt >= %d octets and %d..%d iterations needed)",
                         self._hash, record.account, MIN_SALT, MIN_ITERATIONS, MAX_ITERATIONS)
@@ -217,11 +217,12 @@ class Scram(StatefulMechanism):
                 _derived[cache_key] = hit
                 while len(_derived) > _DERIVED_MAX:
                     _derived.popitem(last=False)
-        _last_shape[self._hash] = (SALT_LEN, self._iterations)
         return hit
 
     def _fake_keys(self) -> _KeyTuple:
-        salt_len, iterations = _last_shape.get(self._hash, (SALT_LEN, self._iterations))
+        salt_len, iterations = self._fake_shape.get(self._hash, (SALT_LEN, self._iterations))
+        if not MIN_ITERATIONS <= iterations <= MAX_ITERATIONS:
+            iterations = self._iterations
         salt = keyed("scram-salt", self._hash, self._username, size=min(max(salt_len, MIN_SALT), 64))
         return (salt,
                 keyed("scram-fake-stored", self._hash, self._username, size=self._digest_size),

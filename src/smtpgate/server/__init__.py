@@ -33,6 +33,7 @@ from ..session.context import ListenerContext
 from ..session.requests import Deliver
 from .clock import Clock
 from .connection import SmtpConnection
+from .tls_listener import TlsListener
 from .tls import server_context
 
 log = logging.getLogger("smtpgate.server")
@@ -64,7 +65,8 @@ class Server:
     # -- life cycle ----------------------------------------------------------------------------------
     async def start(self) -> "Server":
         s = self.settings
-        self._connection_budget = _connection_budget(raise_nofile_limit())
+        nofile, nofile_note = raise_nofile_limit()
+        self._connection_budget = _connection_budget(nofile)
         self.lookups = registry.build(s)
         self.lookups.update(self._custom_lookups)
         for lk in registry.unique(self.lookups):
@@ -90,11 +92,14 @@ class Server:
             servers = []
             for host, port in listener.binds:
                 family = socket.AF_INET6 if ":" in host else socket.AF_INET
-                # Implicit TLS too is a plain TCP server: the connection handshakes itself after accept
-                # (SmtpConnection.connection_made), so it is counted while it handshakes.
-                srv = await loop.create_server(
-                    lambda ctx=ctx: SmtpConnection(self, ctx), host, port, family=family,
-                    reuse_address=True, backlog=1024)
+                make = lambda ctx=ctx: SmtpConnection(self, ctx)  # noqa: E731
+                srv: Any
+                if listener.tls.implicit:
+                    # Counted from accept, while it handshakes: see tls_listener.py.
+                    srv = TlsListener(self, make, host, port, ssl_ctx, listener.tls.timeout)
+                else:
+                    srv = await loop.create_server(make, host, port, family=family, reuse_address=True,
+                                                   backlog=1024)
                 servers.append(srv)
                 for sock in srv.sockets:
                     log.info("listener %s on %s (%s%s)", ident, _fmt(sock.getsockname()), listener.protocol,
@@ -107,6 +112,8 @@ class Server:
                     ctx.local_addr = (host, port)
         self._servers.update(await self.observer.start())
         self._sweeper = self.clock.call_later(SWEEP_INTERVAL, self._sweep)
+        # Logged once serving: a start that fails ends with its own error line, not this one.
+        log.info("file descriptors: %s; up to %d connections at once", nofile_note, self._connection_budget)
         return self
 
     async def stop(self, grace: float | None = None) -> None:
@@ -156,9 +163,17 @@ class Server:
     def ports(self, listener_id: str) -> list[int]:
         return [sock.getsockname()[1] for srv in self._servers[listener_id] for sock in srv.sockets]
 
+    def addresses(self, listener_id: str) -> list[tuple]:
+        """The socket addresses a listener is bound to (``getsockname()`` of each)."""
+        return [sock.getsockname() for srv in self._servers[listener_id] for sock in srv.sockets]
+
     @property
     def connection_count(self) -> int:
         return len(self._connections)
+
+    def sessions(self) -> list:
+        """The sessions being served now (connections still in their TLS handshake have none yet)."""
+        return [conn.session for conn in list(self._connections) if conn.session is not None]
 
     # -- used by connections -------------------------------------------------------------------------
     def _register(self, conn: SmtpConnection) -> bool:
@@ -207,23 +222,22 @@ class Server:
 FD_RESERVE_MIN = 64
 
 
-def raise_nofile_limit() -> int:
-    """Raise RLIMIT_NOFILE's soft limit to the hard limit (each connection is a descriptor), log it, and
-    return the limit now in force."""
+def raise_nofile_limit() -> tuple[int, str]:
+    """Raise RLIMIT_NOFILE's soft limit to the hard limit (each connection is a descriptor). Returns the
+    limit now in force and a note for the log."""
     try:
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     except (OSError, ValueError):  # pragma: no cover - no such limit here
-        return 1 << 20
-    if hard != resource.RLIM_INFINITY and soft != hard:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-            log.info("file descriptors: RLIMIT_NOFILE raised from %d to %d", soft, hard)
-            soft = hard
-        except (OSError, ValueError) as exc:
-            log.warning("file descriptors: cannot raise RLIMIT_NOFILE from %d to %d: %s", soft, hard, exc)
-    else:
-        log.info("file descriptors: RLIMIT_NOFILE is %s", "unlimited" if soft == resource.RLIM_INFINITY else soft)
-    return soft if soft != resource.RLIM_INFINITY else 1 << 20
+        return 1 << 20, "RLIMIT_NOFILE unknown"
+    if soft == resource.RLIM_INFINITY:
+        return 1 << 20, "RLIMIT_NOFILE unlimited"
+    if hard == resource.RLIM_INFINITY or soft == hard:
+        return soft, f"RLIMIT_NOFILE is {soft}"
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (OSError, ValueError) as exc:
+        return soft, f"RLIMIT_NOFILE stays {soft} (cannot raise it to {hard}: {exc})"
+    return hard, f"RLIMIT_NOFILE raised from {soft} to {hard}"
 
 
 def _connection_budget(nofile: int) -> int:

@@ -44,7 +44,7 @@ _NO_ANSWER = object()
 
 class SmtpConnection(asyncio.Protocol):
     __slots__ = ("server", "ctx", "transport", "session", "pending", "write_paused", "closed", "reading_paused",
-                 "early")
+                 "registered")
 
     def __init__(self, server: "Server", ctx: ListenerContext):
         self.server = server
@@ -55,37 +55,26 @@ class SmtpConnection(asyncio.Protocol):
         self.write_paused = False
         self.reading_paused = False
         self.closed = False
-        self.early: list[bytes] | None = None   # decrypted input that came before the session (implicit TLS)
+        self.registered = False                 # counted in the server's connections
 
     # -- asyncio callbacks ---------------------------------------------------------------------------
     def connection_made(self, transport: Any) -> None:
-        """At accept, before any TLS: the connection counts toward max-connections from here, so clients
-        that never finish (or never start) a handshake cannot open connections without bound."""
+        """Plain listeners: at accept. Implicit TLS: after the handshake (the connection was counted at
+        accept by server/tls_listener.py)."""
         self.transport = transport
-        implicit = self.ctx.listener.tls.implicit
-        if not self.server._register(self):
-            self.closed = True
-            peer = transport.get_extra_info("peername") or ("", 0)
-            self.ctx.events.connection_refused("max-connections", peer[0], peer[1])
-            if implicit:
-                transport.abort()          # no cleartext reply on a TLS port; the cheapest refusal
-            else:
+        if not self.registered:
+            if not self.server._register(self):
+                self.closed = True
+                peer = transport.get_extra_info("peername") or ("", 0)
+                self.ctx.events.connection_refused("max-connections", peer[0], peer[1])
                 transport.write(R.TOO_MANY_CONNECTIONS)
                 transport.close()
-            return
+                return
+            self.registered = True
+        self.pending = None                     # the handshake (implicit TLS) is over
         transport.set_write_buffer_limits(high=OUTPUT_HIGH_WATER)
-        if implicit:
-            # Until the handshake is done only the TLS layer may read the socket.
-            transport.pause_reading()
-            self.pending = asyncio.get_running_loop().create_task(self._implicit_tls())
-            return
-        self._start_session(None)
-
-    async def _implicit_tls(self) -> None:
-        info = await self._handshake()
-        self.pending = None
-        if info is not None and not self.closed:
-            self._start_session(info)
+        info = tls_info(transport.get_extra_info("ssl_object")) if self.ctx.listener.tls.implicit else None
+        self._start_session(info)
 
     def _start_session(self, info: Any) -> None:
         transport = self.transport
@@ -100,19 +89,10 @@ class SmtpConnection(asyncio.Protocol):
             self._close()
             return
         transport.write(self.session.greeting)
-        early, self.early = self.early, None
-        if early:
-            self.data_received(b"".join(early))
 
     def data_received(self, data: bytes) -> None:
         s = self.session
-        if self.closed:
-            return
-        if s is None:
-            # A client may write right after its handshake, before _implicit_tls has resumed.
-            if self.early is None:
-                self.early = []
-            self.early.append(data)
+        if self.closed or s is None:
             return
         if not s.receive_data(data, self.server.clock.now()):
             self._abort()
@@ -260,8 +240,8 @@ class SmtpConnection(asyncio.Protocol):
         raise TypeError(f"unknown request {req!r}")
 
     async def _handshake(self) -> Any:
-        """The server side of a TLS handshake on this connection (implicit TLS or STARTTLS), bounded by
-        the listener's ``tls.timeout``. TlsInfo, or None after closing the connection."""
+        """The server side of STARTTLS on this connection, bounded by the listener's ``tls.timeout``.
+        TlsInfo, or None after closing the connection."""
         ctxt = self.server._ssl_contexts.get(self.ctx.listener.id)
         if ctxt is None:
             return None
@@ -271,11 +251,8 @@ class SmtpConnection(asyncio.Protocol):
                                              ssl_handshake_timeout=self.ctx.listener.tls.timeout)
         except (OSError, asyncio.TimeoutError, ConnectionError, Exception) as exc:  # noqa: BLE001
             peer = (self.transport.get_extra_info("peername") or ("?",))[0]
-            log.info("TLS handshake failed from %s: %s", peer, type(exc).__name__)
-            if self.session is not None:
-                self.session.events.starttls(None)
-            else:
-                self.ctx.events.tls_failed("implicit")
+            log.info("STARTTLS handshake failed from %s: %s", peer, type(exc).__name__)
+            self.session.events.starttls(None)
             self.closed = True
             try:
                 self.transport.abort()
@@ -287,8 +264,7 @@ class SmtpConnection(asyncio.Protocol):
         transport.set_write_buffer_limits(high=OUTPUT_HIGH_WATER)
         self.reading_paused = False
         info = tls_info(transport.get_extra_info("ssl_object"))
-        if self.session is not None:
-            self.session.events.starttls(info)    # implicit TLS: counted when the session opens
+        self.session.events.starttls(info)
         return info
 
     # -- output --------------------------------------------------------------------------------------
@@ -335,7 +311,8 @@ class SmtpConnection(asyncio.Protocol):
         if self.session is None:           # still in its TLS handshake: nothing to say in cleartext
             if self.pending is not None:
                 self.pending.cancel()
-            self.transport.abort()
+            if self.transport is not None:
+                self.transport.abort()
             self.closed = True
             self.server._unregister(self)
             return

@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+from dataclasses import replace
 from typing import TYPE_CHECKING, Generator
 
 from .. import sasl
-from ..lookup.base import AuthResult, Outcome
+from ..lookup.base import AuthResult, Credentials, Origin, Outcome
 from ..protocol import replies as R
 from ..protocol.reader import TOO_LONG
 from ..sasl.base import Challenge, Failure, NeedSecret, Success, Verify
@@ -90,7 +91,8 @@ def auth(s: "Session", arg: str) -> Generator | None:
     initial = parts[1] if len(parts) == 2 else None
     mech = sasl.create(name, hostname=s.ctx.hostname,
                        channel_binding=s.tls.channel_binding if s.tls is not None else None,
-                       plus_advertised=f"{name}-PLUS" in mechs and _usable(s, f"{name}-PLUS"))
+                       plus_advertised=f"{name}-PLUS" in mechs and _usable(s, f"{name}-PLUS"),
+                       scram_decoy=getattr(s.params.auth_lookup, "scram_decoy", None))
     if initial is not None and mech.server_first:
         s.reply(R.AUTH_NO_INITIAL)
         return None
@@ -185,7 +187,7 @@ def _dialogue(s: "Session", name: str, mech, initial: str | None) -> Generator:
             action = mech.respond(data)
         elif isinstance(action, Verify):
             user = action.creds.username
-            result = yield Authenticate(lookup, action.creds)
+            result = yield Authenticate(lookup, _with_origin(s, action.creds))
             if not isinstance(result, AuthResult):
                 result = AuthResult(Outcome.UNAVAILABLE, reason="lookup failed")
             if s.gone:
@@ -264,3 +266,9 @@ def _record_attempt(s: "Session", mech: str, user: str, result: str, reason: str
     ``cancelled``, ``malformed``, or ``abandoned`` (the client left before the lookup's verdict, which
     ``reason`` then gives). The hook for cross-session counters (throttles, auto-ban: issue 11)."""
     s.events.auth(mech, user, result, s.auth_failures, reason)   # the "auth ..." line and its metrics
+
+
+def _with_origin(s: "Session", creds: Credentials) -> Credentials:
+    """The client's and our address for the lookup (forwarded to Dovecot with IMAP ID)."""
+    v = s.vars
+    return replace(creds, origin=Origin(str(v.remote_ip), s.remote_port, str(v.local_ip), v.local_port))

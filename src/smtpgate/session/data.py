@@ -29,8 +29,10 @@ def data(s: "Session", arg: str) -> Generator:
         s.reply(R.DATA_TOO_BIG)
         return
     queue_id = secrets.token_hex(8).upper()
+    # A recipient given twice is delivered once (dict: first-seen order); LMTP still answers every RCPT.
+    unique = list(dict.fromkeys(r.text for r in rcpts))
     env = Envelope(
-        mail_from=s.mail_from.text, rcpt_to=[r.text for r in rcpts],
+        mail_from=s.mail_from.text, rcpt_to=unique,
         data=received_header(s, queue_id) + result.body,
         mail_params=dict(s.mail_params), authenticated_as=s.auth_account, auth_param=s.auth_param,
         helo=s.helo or "", remote_ip=str(s.vars.remote_ip), listener=s.ctx.listener.id,
@@ -38,8 +40,10 @@ def data(s: "Session", arg: str) -> Generator:
     results = yield Deliver(env, s.ctx.settings.next_hop.evaluate(s.vars))
     s.reset_transaction()
     s.messages += 1
-    if not isinstance(results, list) or len(results) != len(rcpts):
-        results = [RcptResult.from_reply(R.DELIVERY_FAILED)] * len(rcpts)
+    if not isinstance(results, list) or len(results) != len(unique):
+        results = [RcptResult.from_reply(R.DELIVERY_FAILED)] * len(unique)
+    by_rcpt = dict(zip(unique, results))
+    results = [by_rcpt[r.text] for r in rcpts]
     if s.ctx.lmtp:
         for r in results:
             s.reply(r.line())
@@ -56,6 +60,8 @@ def received_header(s: "Session", queue_id: str) -> bytes:
         proto = "ESMTP" + ("S" if s.tls else "") + ("A" if s.auth_account else "")
     else:
         proto = "SMTP"
+    if "SMTPUTF8" in s.mail_params and proto != "SMTP":
+        proto = "UTF8" + proto.removeprefix("E")   # RFC 6531 §3.7.3: UTF8SMTPSA, UTF8LMTP, ...
     ip = s.vars.remote_ip
     iptext = f"IPv6:{ip}" if ip is not None and ip.version == 6 else str(ip)
     helo = _clean(s.helo or "unknown")

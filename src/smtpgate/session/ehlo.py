@@ -58,7 +58,7 @@ def capabilities(s: "Session") -> bytes:
 
 
 def _build(s: "Session") -> bytes:
-    lines = [f"{s.ctx.hostname} says hello", "PIPELINING", "8BITMIME", "ENHANCEDSTATUSCODES"]
+    lines = [f"{s.ctx.hostname} says hello", "PIPELINING", "8BITMIME", "ENHANCEDSTATUSCODES", "SMTPUTF8"]
     size = s.ctx.settings.session.data_max_size.evaluate(s.vars)
     lines.append(f"SIZE {size}")
     if s.ctx.starttls_available and s.tls is None:

@@ -29,6 +29,9 @@ def rcpt(s: "Session", arg: str) -> Generator | None:
     if not addr.domain:
         s.reply(R.RCPT_BAD_ADDRESS)  # <> is not a recipient (RFC 5321 allows only <postmaster>)
         return None
+    if not addr.text.isascii() and "SMTPUTF8" not in s.mail_params:
+        s.reply(R.RCPT_NEEDS_SMTPUTF8)  # RFC 6531 §3.5
+        return None
     if len(s.rcpts) >= s.ctx.settings.session.rcpt_max_recipients.evaluate(s.vars):
         s.reply(R.RCPT_TOO_MANY)
         return None
