@@ -156,3 +156,17 @@ def test_management_configuration_errors(tmp_path, extra, line):
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 1
     assert out.stderr.strip() == f"Configuration error: {line}"
+
+
+def test_management_listener_off_loopback_needs_allow_remote(tmp_path):
+    cfg = tmp_path / "c.toml"
+    base = '[server.listener.smtp]\nbind = "127.0.0.1:0"\n[server.listener.mgmt]\nbind = "[::]:9465"\nprotocol = "http"\n'
+    cfg.write_text(base)
+    out = subprocess.run([sys.executable, "-m", "smtpgate", "check-config", "--config", str(cfg)],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 1 and out.stderr.startswith(
+        "Configuration error: server.listener.mgmt.bind: [::]:9465 is not a loopback address")
+    cfg.write_text(base + "[server.management]\nallow-remote = true\n")
+    out = subprocess.run([sys.executable, "-m", "smtpgate", "check-config", "--config", str(cfg)],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr

@@ -90,8 +90,9 @@ def parse(b: Any, listeners: dict[str, Any]) -> ObserveSettings:
             continue
         for host, port in listener.binds:
             if not ipaddress.ip_address(host).is_loopback:
+                shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
                 raise ConfigError(f"server.listener.{ident}.bind",
-                                  f"{host}:{port} is not a loopback address; the management listener serves "
+                                  f"{shown} is not a loopback address; the management listener serves "
                                   "metrics and an admin API: bind it to 127.0.0.1/[::1], or set "
                                   "server.management.allow-remote = true (and a token)")
     return ObserveSettings(mgmt, log)
