@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import sys
 
 DEFAULT_DATA_DIR = "smtpgate-data"
 
@@ -38,9 +39,13 @@ private-key = "file://{data}/tls/key.pem"
 type = "internal"
 store = "sqlite://{data}/users.db"
 
+# Submission: AUTH only once the session is encrypted (STARTTLS on 5870, implicit TLS on 4650), as
+# Stalwart's own default does; before that, EHLO offers STARTTLS and no AUTH at all. SCRAM does not reveal
+# the password, but the login name and the whole message would still cross the network in clear.
 [session.auth]
-mechanisms = [ {{ if = "listener", ne = "smtp", then = ["plain", "login", "scram-sha-256", "scram-sha-1"] }},
-               {{ else = [] }} ]
+mechanisms = [ {{ if = "listener", eq = "smtp", then = [] }},
+               {{ if = "tls", eq = false, then = [] }},
+               {{ else = ["plain", "login", "scram-sha-256", "scram-sha-1"] }} ]
 lookup = [ {{ if = "listener", ne = "smtp", then = "directory/users" }},
            {{ else = false }} ]
 require = [ {{ if = "listener", ne = "smtp", then = true }},
@@ -54,11 +59,47 @@ wait = "5s"
 domains = "list/domains"
 
 [list]
-domains = ["localhost", "{hostname}"]
+domains = {domains}
 
 [queue]
 path = "{data}/spool"
 """
+
+
+#: What earlier builds generated, and what replaces it in a file that still has it word for word:
+#: SCRAM offered on submission before STARTTLS, and "localhost" listed twice.
+_OLD_BLOCKS = (
+    ('mechanisms = [ { if = "listener", ne = "smtp", then = ["plain", "login", "scram-sha-256", "scram-sha-1"] },\n'
+     '               { else = [] } ]\n',
+     'mechanisms = [ { if = "listener", eq = "smtp", then = [] },\n'
+     '               { if = "tls", eq = false, then = [] },\n'
+     '               { else = ["plain", "login", "scram-sha-256", "scram-sha-1"] } ]\n'),
+    ('domains = ["localhost", "localhost"]\n', 'domains = ["localhost"]\n'),
+)
+
+
+def _upgrade(path: str) -> None:
+    """Fix a generated file of an older version in place (only the exact generated lines are touched)."""
+    with open(path) as fh:
+        text = fh.read()
+    if not text.startswith("# smtpgate embedded default (generated"):
+        return
+    new = text
+    for old, fixed in _OLD_BLOCKS:
+        new = new.replace(old, fixed)
+    if new != text:
+        tmp = path + ".new"
+        with open(tmp, "w") as fh:
+            fh.write(new)
+        os.replace(tmp, path)
+        print(f"smtpgate: updated {path}: no AUTH offered before TLS on submission", file=sys.stderr)
+
+
+def render(data: str, hostname: str = "localhost") -> str:
+    """The configuration text for a data directory (absolute) and host name."""
+    domains = list(dict.fromkeys(["localhost", hostname.lower()]))  # no duplicate when hostname is localhost
+    return TEMPLATE.format(data=data, hostname=hostname,
+                           domains="[" + ", ".join(f'"{d}"' for d in domains) + "]")
 
 
 def ensure(data_dir: str, hostname: str = "localhost") -> str:
@@ -71,7 +112,9 @@ def ensure(data_dir: str, hostname: str = "localhost") -> str:
     path = os.path.join(data, "smtpgate.toml")
     if not os.path.exists(path):
         with open(path, "w") as fh:
-            fh.write(TEMPLATE.format(data=data, hostname=hostname))
+            fh.write(render(data, hostname))
+    else:
+        _upgrade(path)
     return path
 
 

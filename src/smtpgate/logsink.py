@@ -6,6 +6,11 @@ the loop outright when stderr is a slow pipe. Here the loop only appends the rec
 thread wakes every ``interval`` seconds, formats what accumulated and writes it with one call. If the
 writer falls ``max_pending`` records behind (stderr stuck), further records are counted and dropped, and
 the count is reported once the writer catches up -- the server keeps serving either way.
+
+While the server starts, ``pause()`` keeps records back; ``resume()`` writes them once it is up, or,
+after a failed start, ``resume(drop_below=logging.WARNING)`` throws away the progress lines so that the
+reason it failed is the one line the operator reads. The writer is a daemon thread: it never keeps a
+process alive that has nothing else to do.
 """
 from __future__ import annotations
 
@@ -43,6 +48,7 @@ class BatchingHandler(logging.Handler):
         self._dropped = 0
         self._wake = threading.Event()
         self._stop = False
+        self._held = False
         self._thread = threading.Thread(target=self._run, name="smtpgate-log", daemon=True)
         self._thread.start()
 
@@ -62,7 +68,20 @@ class BatchingHandler(logging.Handler):
             self._drain()
         self._drain()
 
+    def pause(self) -> None:
+        """Keep records back (still bounded by ``max_pending``) until :meth:`resume`."""
+        self._held = True
+
+    def resume(self, drop_below: int | None = None) -> None:
+        """Write what was held, without the records below level ``drop_below`` if it is given."""
+        if drop_below is not None:
+            self._pending = [r for r in self._pending if r.levelno >= drop_below]
+        self._held = False
+        self._wake.set()
+
     def _drain(self) -> None:
+        if self._held and not self._stop:
+            return
         if not self._pending and not self._dropped:
             return
         batch, self._pending = self._pending, []

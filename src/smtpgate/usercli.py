@@ -56,6 +56,39 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     return user
 
 
+def register(subparsers: Any) -> None:
+    """Registration for ``smtpgate.cli``: the ``user`` command and its options locating the store."""
+    from . import cli
+    user = add_parser(subparsers)
+    cli.add_config_options(user)
+    user.add_argument("--directory", default=None, metavar="ID",
+                      help="id of the [directory.<id>] to manage (default: the first internal one)")
+    # ... and the same options after the verb (`smtpgate user add bob --config F`), not overriding
+    # what was given before it.
+    for action in user._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for verb in action.choices.values():
+                cli.add_config_options(verb, suppress_defaults=True)
+                verb.add_argument("--directory", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    user.set_defaults(run=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    """``smtpgate user ...``: find the internal store of ``--config`` (without it: the embedded default's
+    ``users.db`` in ``--data-dir``, by default ``./smtpgate-data``) and run the command on it."""
+    from . import cli
+    settings = cli.load_settings(args)
+    stores = [d for d in settings.directories.values() if d.type == "internal"]
+    if args.directory:
+        stores = [d for d in stores if d.id == args.directory]
+    if not stores:
+        which = f"[directory.{args.directory}]" if args.directory else "[directory.<id>]"
+        print(f"smtpgate user: no {which} with type = \"internal\" in {settings.source}", file=sys.stderr)
+        return 1
+    from .startup import store_url as url_of
+    return run(args, url_of(stores[0]) or "")
+
+
 def _read_password(args: argparse.Namespace) -> str:
     if getattr(args, "password_stdin", False) or not sys.stdin.isatty():
         line = sys.stdin.readline()

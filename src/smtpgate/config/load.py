@@ -144,10 +144,13 @@ class _Builder:
             pems = {}
             for part in ("cert", "private-key"):
                 key = f"{base}.{part}"
-                pems[part] = self.read_file_value(
-                    key, self.required(key, values.nonempty_string, "missing (PEM text or file:///path)"))
+                raw = self.required(key, values.nonempty_string, "missing (PEM text or file:///path)")
+                pems[part] = self.read_file_value(key, raw)
                 if "-----BEGIN" not in pems[part]:
-                    raise ConfigError(key, "not a PEM document")
+                    # a bare path is the usual slip: say how to name a file
+                    hint = (f' (to read a file, write "file://{raw.strip()}")'
+                            if not raw.startswith("file://") and "\n" not in raw.strip() else "")
+                    raise ConfigError(key, "not a PEM document" + hint)
             _check_keypair(base, pems["cert"], pems["private-key"])
             out[ident] = CertificateSettings(ident, pems["cert"], pems["private-key"])
         return out

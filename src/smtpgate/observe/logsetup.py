@@ -43,8 +43,31 @@ class JsonFormatter(logging.Formatter):
 
 
 class _Enqueue(logging.handlers.QueueHandler):
+    """The loop's side of syslog output; ``pause``/``resume`` as ``logsink.BatchingHandler`` has them
+    (``smtpgate serve`` holds startup progress back until the server is up)."""
+
+    def __init__(self, q: queue.SimpleQueue) -> None:
+        super().__init__(q)
+        self._held: list[logging.LogRecord] | None = None
+
     def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
         return record            # same process: the writer thread formats it, not the event loop
+
+    def enqueue(self, record: logging.LogRecord) -> None:
+        held = self._held
+        if held is None:
+            self.queue.put_nowait(record)
+        elif len(held) < 100_000:
+            held.append(record)
+
+    def pause(self) -> None:
+        self._held = []
+
+    def resume(self, drop_below: int | None = None) -> None:
+        held, self._held = self._held or [], None
+        for record in held:
+            if drop_below is None or record.levelno >= drop_below:
+                self.queue.put_nowait(record)
 
 
 _listener: logging.handlers.QueueListener | None = None
@@ -84,20 +107,20 @@ def syslog_handler(socket_path: str, facility: str, fmt: logging.Formatter) -> l
     return _Enqueue(q)
 
 
-def apply(log: Any, cli_level: str | None = None) -> None:
-    """Configure the root logger from ``settings.observe.log``; ``cli_level`` (--log-level) wins."""
+def apply(log: Any, cli_level: str | None, handler: Any) -> Any:
+    """Configure the root logger from ``settings.observe.log``; ``cli_level`` (--log-level) wins.
+    ``handler`` is the stderr handler in place; returns the one in use afterwards (pause/resume/close)."""
     root = logging.getLogger()
     root.setLevel((cli_level or log.level or "info").upper())
     if log.output == "syslog":
         fmt = JsonFormatter() if log.format == "json" else logging.Formatter("%(levelname)s %(name)s: %(message)s")
-        handler = syslog_handler(log.syslog_socket, log.syslog_facility, fmt)
-        old = list(root.handlers)
-        root.handlers[:] = [handler]
-        for h in old:
-            h.close()
-    elif log.format == "json":
-        for handler in root.handlers:
-            handler.setFormatter(JsonFormatter())
+        syslog = syslog_handler(log.syslog_socket, log.syslog_facility, fmt)
+        root.handlers[:] = [syslog]
+        handler.close()
+        return syslog
+    if log.format == "json":
+        handler.setFormatter(JsonFormatter())
+    return handler
 
 
 def stop() -> None:

@@ -102,8 +102,11 @@ _COMMAND_STATES = (State.CONNECTED, State.GREETED, State.MAIL, State.RCPT)
 
 #: (state, event) -> next state. Anything not listed is a bug in a stage, not a client error.
 TRANSITIONS: dict[tuple[State, Event], State] = {
+    # A new greeting also ends any transaction (RFC 5321 §4.1.4).
     (State.CONNECTED, Event.HELLO): State.GREETED,
     (State.GREETED, Event.HELLO): State.GREETED,
+    (State.MAIL, Event.HELLO): State.GREETED,
+    (State.RCPT, Event.HELLO): State.GREETED,
     # MAIL without HELO only where session.ehlo.require is false (the table below still lets it run).
     (State.CONNECTED, Event.MAIL): State.MAIL,
     (State.GREETED, Event.MAIL): State.MAIL,
@@ -268,7 +271,7 @@ class Session:
     # -- what the stages report (each one event of TRANSITIONS) ------------------------------------------
     def greeted(self, domain: str, esmtp: bool) -> None:
         """EHLO/HELO/LHLO accepted: a new greeting also ends any transaction (RFC 5321 §4.1.4)."""
-        self.reset_transaction()
+        self._clear_transaction()
         self.helo = domain
         self.esmtp = esmtp
         self.vars.helo_domain = domain.lower()
