@@ -65,7 +65,7 @@ cache.entries = 100
 def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     tmp = tmp_path_factory.mktemp("observe")
     make_user_store(tmp / "users.db", {"mary@example.org": STORE_PW})
-    with run_server(CONFIG, tmp) as running:
+    with run_server(CONFIG, tmp, dialogue=True) as running:
         yield running
 
 
