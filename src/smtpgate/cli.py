@@ -27,11 +27,12 @@ from .config.load import load_file
 
 def _commands() -> list[Callable[[Any], None]]:
     """The sub-commands, in ``--help`` order: one ``register(subparsers)`` each."""
-    from . import usercli
+    from . import abusecli, usercli
     return [
         _register_serve,
         _register_check_config,
         usercli.register,
+        abusecli.register,
     ]
 
 

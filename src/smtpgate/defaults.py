@@ -54,6 +54,13 @@ require = [ {{ if = "listener", ne = "smtp", then = true }},
 [session.auth.errors]
 total = 3
 wait = "5s"
+wait-growth = "1s"        # + 1 s per recent failed login of the client's address, up to wait-max
+wait-max = "30s"
+
+# At most 20 connections at once per client address; auto-ban (server.auto-ban.*) is on by default.
+[[session.throttle]]
+key = ["remote-ip"]
+concurrency = 20
 
 [session.rcpt.lookup]
 domains = "list/domains"

@@ -466,3 +466,46 @@ protocol = "http"
         s = scrape(srv)
         assert value(s, "smtpgate_tls_handshakes_total", listener="submissions", kind="implicit", result="ok") == 1
         assert value(s, "smtpgate_connections_total", listener="submissions") == 1     # sessions only
+
+
+def test_api_bans_with_the_abuse_guard(tmp_path):
+    """Add a ban through the API: the next connection from that address is refused and counted; lift it."""
+    config = SERVER_HEAD + listeners("smtp") + f"""
+[server.listener.mgmt]
+bind = "127.0.0.1:0"
+protocol = "http"
+[server.management]
+token = "{TOKEN_HASH}"
+"""
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    with run_server(config, tmp_path / "srv") as srv, http(srv) as client:
+        assert client.get("/api/bans", headers=auth).json() == {"bans": []}
+        assert client.get("/api/bans").status_code == 401
+        added = client.post("/api/bans", headers=auth, json={"ip": "127.0.0.1", "duration": "1h",
+                                                             "reason": "manual"})
+        assert added.status_code == 201, added.text
+        ban = added.json()["ban"]
+        assert ban["ip"] == "127.0.0.1" and ban["reason"] == "manual"
+        assert 3500 < ban["until"] - time.time() <= 3600
+        assert [b["ip"] for b in client.get("/api/bans", headers=auth).json()["bans"]] == ["127.0.0.1"]
+
+        refused = Raw(srv.port("smtp"))
+        assert refused.greeting.startswith("421 4.7.0")
+        assert refused.closed()
+        refused.close()
+        s = scrape(srv)
+        assert value(s, "smtpgate_banned_connections_total", listener="smtp") == 1
+        assert value(s, "smtpgate_connections_refused_total", listener="smtp", reason="banned") == 1
+        assert value(s, "smtpgate_bans_active", reason="manual") == 1
+        assert value(s, "smtpgate_connections_total", listener="smtp") == 0
+        assert any(re.search(r"reject session=- listener=smtp remote=127\.0\.0\.1 port=\d+ command=CONNECT "
+                             r"reason=banned$", line) for line in srv.logs), srv.logs
+
+        assert client.post("/api/bans", headers=auth, json={"ip": "not-an-ip"}).status_code == 400
+        assert client.post("/api/bans", headers=auth, json={"ip": "192.0.2.1", "duration": "soon"}).status_code == 400
+        assert client.delete("/api/bans/127.0.0.1", headers=auth).json() == {"lifted": "127.0.0.1"}
+        assert client.delete("/api/bans/127.0.0.1", headers=auth).status_code == 404
+        welcome = Raw(srv.port("smtp"))
+        assert welcome.greeting.startswith("220 ")
+        welcome.close()
+        assert value(scrape(srv), "smtpgate_bans_active", reason="manual") == 0

@@ -96,6 +96,9 @@ domains = "list/domains"
 [list]
 users = ["john@example.org:secret"]
 domains = ["example.org"]
+[server.auto-ban]                   # no cross-session counting: the guard's requests are not framing
+auth.rate = false
+abuse.rate = false
 """
 _SETTINGS = load_text(CONFIG)
 _LOOKUPS = registry.build(_SETTINGS)

@@ -44,6 +44,10 @@ size = 1000
 [list]
 users = ["john@example.org:secret"]
 domains = ["example.org"]
+# The guard's requests (cross-session counting) have their own tests: tests/unit/test_session_abuse.py
+[server.auto-ban]
+auth.rate = false
+abuse.rate = false
 """
 
 TLS = TlsInfo("TLSv1.3", "TLS_AES_256_GCM_SHA384")

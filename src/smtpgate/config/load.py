@@ -16,6 +16,7 @@ import tomllib
 from collections.abc import Callable
 from typing import Any
 
+from . import abuse as config_abuse
 from . import observe as observe_config
 from . import values
 from .errors import ConfigError
@@ -25,6 +26,7 @@ from .model import (CacheSettings, CertificateSettings, DatabaseSettings, Direct
 from . import schema
 from . import directory
 from .schema import SESSION_KEYS, TLS_PROTOCOLS, Setting, lookup_ref
+from .proxy import listener_proxy
 
 _ID = re.compile(r"^[A-Za-z0-9_-]+$")
 
@@ -127,6 +129,7 @@ class _Builder:
         if not os.path.isabs(queue_path):
             queue_path = os.path.join(self.base_dir, queue_path)
         next_hop = self.next_hop(scope, remotes)
+        abuse = config_abuse.build(self.take, self.has, self.flat, scope, queue_path)
         observe = observe_config.parse(self, listeners)
         for key in self.flat:
             # An empty table of a known section (a header whose keys are all commented out) is harmless.
@@ -135,7 +138,7 @@ class _Builder:
         return Settings(hostname=hostname, greeting=greeting, listeners=listeners, certificates=certificates,
                         session=session, lists=lists, databases=databases, remotes=remotes,
                         directories=directories, queue_path=queue_path, next_hop=next_hop,
-                        shutdown_grace=grace, source=self.source, observe=observe)
+                        shutdown_grace=grace, source=self.source, abuse=abuse, observe=observe)
 
     def certificates(self) -> dict[str, CertificateSettings]:
         out = {}
@@ -192,6 +195,7 @@ class _Builder:
 
     def listeners(self, default_tls: ListenerTls, certificates) -> dict[str, ListenerSettings]:
         out = {}
+        default_proxy = listener_proxy(self, "server", None)
         for ident in self.ids("server.listener"):
             base = f"server.listener.{ident}"
             binds = self.required(f"{base}.bind", values.binds, "missing (e.g. \"127.0.0.1:587\")")
@@ -210,7 +214,8 @@ class _Builder:
             max_conn = values.positive_int(f"{base}.max-connections", self.take(f"{base}.max-connections", 8192))
             hostname = self.optional(f"{base}.hostname", values.nonempty_string, None)
             greeting = self.optional(f"{base}.greeting", values.string, None)
-            out[ident] = ListenerSettings(ident, binds, protocol, tls, hostname, greeting, max_conn)
+            out[ident] = ListenerSettings(ident, binds, protocol, tls, hostname, greeting, max_conn,
+                                          proxy=listener_proxy(self, base, default_proxy))
         if not out:
             raise ConfigError("server.listener", "no listener defined")
         seen: dict[tuple[str, int], str] = {}
@@ -462,6 +467,7 @@ def _members(entries: list[str]) -> frozenset[str]:
 
 #: Sections that may appear as empty tables; "*" stands for an id.
 _KNOWN_TABLES = ("server", "server.tls", "server.listener", "server.listener.*", "server.listener.*.tls",
+                 "server.proxy", "server.listener.*.proxy",
                  "certificate", "list", "database", "database.*.lookup", "database.*.cache", "database.*.cache.ttl",
                  "remote", "remote.*.tls", "remote.*.cache", "remote.*.cache.ttl", "directory", "directory.*.*",
                  "directory.*.cache.ttl", "queue", "queue.outbound")

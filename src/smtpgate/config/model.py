@@ -122,6 +122,7 @@ class ListenerSettings:         # [server.listener."<id>"]
     hostname: str | None = None # .hostname (overrides server.hostname)
     greeting: str | None = None # .greeting
     max_connections: int = 8192 # .max-connections
+    proxy: Any = None           # .proxy.trusted-networks -> config.proxy.ProxySettings (None: no PROXY)
 
 
 @dataclass(slots=True)
@@ -164,4 +165,5 @@ class Settings:
     next_hop: Expr                                  # queue.outbound.next-hop (lookup name or None)
     shutdown_grace: float = 30.0                    # server.shutdown-grace
     source: str = ""                                # where the config came from (for logs)
+    abuse: Any = None                               # config.abuse.AbuseSettings: throttles, auto-ban, store
     observe: ObserveSettings = field(default_factory=ObserveSettings)  # server.management.*, server.log.*

@@ -58,7 +58,12 @@ class RemoteAuthLookup(Lookup):
                                  f"{self.settings.timeout:g}s")
         else:
             try:
-                result = await self._attempt(creds, deadline)
+                if deadline - loop.time() < self.settings.timeout / 10:
+                    # The slot came free only as (or just before) the deadline passed: a login needs several
+                    # round trips, so a connection now would not finish and would only load the remote.
+                    result = unavailable(f"{self.where}: no connection slot within {self.settings.timeout:g}s")
+                else:
+                    result = await self._attempt(creds, deadline)
             finally:
                 self._slots.release()
         log.debug("%s: %s for %r via %s in %.0f ms%s", self.name, result.outcome.value, creds.username,

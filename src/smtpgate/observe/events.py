@@ -111,6 +111,7 @@ def quote(text: str) -> str:
 # table of texts, so the reply identifies the decision). Other components (throttles, bans) add theirs
 # with register_refusal().
 _REFUSALS: dict[bytes, str] = {}
+_CONNECTION_REFUSALS: dict[bytes, tuple[str, str]] = {}     # reply -> (reason, throttle kind)
 
 
 def register_refusal(reply: bytes, reason: str) -> None:
@@ -132,11 +133,13 @@ def _register_protocol_refusals() -> None:
         from ..abuse import replies as A
     except ImportError:
         return
-    for name, reason in (("BANNED", "banned"), ("TOO_MANY_CONCURRENT", "throttled"),
-                         ("RATE_LIMITED", "throttled"), ("RATE_LIMITED_CLOSE", "throttled")):
+    for name, reason, kind in (("BANNED", "banned", ""), ("TOO_MANY_CONCURRENT", "throttled", "concurrency"),
+                               ("RATE_LIMITED", "throttled", "rate"), ("RATE_LIMITED_CLOSE", "throttled", "rate"),
+                               ("NOT_SMTP", "not-smtp", "")):
         reply = getattr(A, name, None)
         if reply is not None:
             register_refusal(reply, reason)
+            _CONNECTION_REFUSALS[reply] = (reason, kind)
 
 
 _register_protocol_refusals()
@@ -197,6 +200,11 @@ class ListenerEvents:
         if log_session.isEnabledFor(INFO):
             log_session.info(Event("reject", [("session", "-"), ("listener", self.id), ("remote", str(remote_ip)),
                                               ("port", remote_port), ("command", "CONNECT"), ("reason", reason)]))
+
+    def refused_by_reply(self, reply: bytes, remote_ip: Any = None, remote_port: int = 0) -> None:
+        """A connection refused with ``reply`` before a session exists (the abuse guard's admission)."""
+        reason, kind = _CONNECTION_REFUSALS.get(reply, ("refused", ""))
+        self.connection_refused(reason, remote_ip, remote_port, kind)
 
     def tls_failed(self, kind: str = "implicit") -> None:
         """A TLS handshake that failed before a session existed (implicit TLS)."""

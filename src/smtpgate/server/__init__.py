@@ -21,6 +21,7 @@ import ssl
 import time
 from typing import Any
 
+from ..abuse import build as abuse_build
 from ..config.model import Settings
 from ..protocol import replies as R
 from ..delivery.base import Delivery, RcptResult
@@ -60,6 +61,7 @@ class Server:
         self._stopped = asyncio.Event()
         self._connection_budget = 1 << 30     # set from RLIMIT_NOFILE at start()
         self._budget_warned = False
+        self.guard = None               # abuse.guard.Guard: throttles, bans (config/abuse.py)
         self.observer = Observer(self)          # metrics, log events, the management (http) listener
 
     # -- life cycle ----------------------------------------------------------------------------------
@@ -76,6 +78,9 @@ class Server:
         else:
             self.delivery = Spool(s.queue_path)
         await self.delivery.start()
+        self.guard = abuse_build.guard(s)
+        if self.guard is not None:
+            await self.guard.start()
         for ident, remote in s.remotes.items():
             if remote.protocol in ("smtp", "lmtp") and self._custom_delivery is None:
                 self._next_hops[f"remote/{ident}"] = NextHop(remote, s.hostname)
@@ -94,7 +99,10 @@ class Server:
                 family = socket.AF_INET6 if ":" in host else socket.AF_INET
                 make = lambda ctx=ctx: SmtpConnection(self, ctx)  # noqa: E731
                 srv: Any
-                if listener.tls.implicit:
+                if listener.proxy is not None:      # PROXY header first (then TLS): server/proxy.py
+                    from .proxy import ProxyServer
+                    srv = await ProxyServer.create(self, ctx, host, port, ssl_ctx if listener.tls.implicit else None)
+                elif listener.tls.implicit:
                     # Counted from accept, while it handshakes: see tls_listener.py.
                     srv = TlsListener(self, make, host, port, ssl_ctx, listener.tls.timeout)
                 else:
@@ -144,6 +152,8 @@ class Server:
             await hop.close()
         if self.delivery is not None:
             await self.delivery.close()
+        if self.guard is not None:
+            await self.guard.close()
         for lk in registry.unique(self.lookups):
             try:
                 await lk.close()
@@ -194,6 +204,9 @@ class Server:
         return True
 
     def _unregister(self, conn: SmtpConnection) -> None:
+        if conn.ticket is not None:                 # the abuse guard's concurrency slots
+            self.guard.release(conn.ticket)
+            conn.ticket = None
         if conn in self._connections:
             self._connections.discard(conn)
             ident = conn.ctx.listener.id

@@ -28,6 +28,8 @@ from ..session.context import ListenerContext
 from ..session.machine import Session
 from ..session.requests import (PAUSE, UNAVAILABLE, Authenticate, Compute, Contains, Deliver, GetSecret, Sleep,
                                 StartTls)
+from ..abuse.replies import NOT_SMTP
+from ..abuse.requests import AuthDone, AuthGate, Offence, RateCheck
 from .tls import tls_info
 
 if TYPE_CHECKING:
@@ -40,11 +42,12 @@ log = logging.getLogger("smtpgate.server")
 OUTPUT_HIGH_WATER = 64 * 1024
 MAX_BUFFERED = 64 * 1024
 _NO_ANSWER = object()
+GUARD_REQUESTS = frozenset({AuthGate, AuthDone, Offence, RateCheck})   # served by server.guard (abuse/)
 
 
 class SmtpConnection(asyncio.Protocol):
     __slots__ = ("server", "ctx", "transport", "session", "pending", "write_paused", "closed", "reading_paused",
-                 "registered")
+                 "registered", "ticket")
 
     def __init__(self, server: "Server", ctx: ListenerContext):
         self.server = server
@@ -56,6 +59,7 @@ class SmtpConnection(asyncio.Protocol):
         self.reading_paused = False
         self.closed = False
         self.registered = False                 # counted in the server's connections
+        self.ticket: Any = None                 # the abuse guard's admission (concurrency slots to give back)
 
     # -- asyncio callbacks ---------------------------------------------------------------------------
     def connection_made(self, transport: Any) -> None:
@@ -63,6 +67,9 @@ class SmtpConnection(asyncio.Protocol):
         accept by server/tls_listener.py)."""
         self.transport = transport
         if not self.registered:
+            guard = self.server.guard
+            if guard is not None and self.ticket is None and not self._admit(guard):
+                return
             if not self.server._register(self):
                 self.closed = True
                 peer = transport.get_extra_info("peername") or ("", 0)
@@ -76,11 +83,61 @@ class SmtpConnection(asyncio.Protocol):
         info = tls_info(transport.get_extra_info("ssl_object")) if self.ctx.listener.tls.implicit else None
         self._start_session(info)
 
+    def _admit(self, guard: Any) -> bool:
+        """The abuse guard's word at accept, before a session exists (plain listeners; implicit TLS asks
+        in tls_listener.py, before the handshake): a banned or blocked address or a concurrency throttle
+        is refused with one short line; a connect-rate throttle on a shared store is awaited first."""
+        transport = self.transport
+        peer = self._addresses(local=False)[0]      # behind a PROXY header: the real client
+        ticket = self.ticket = guard.admit(peer[0], self.ctx.listener.id, *self.local_end(guard))
+        if ticket.refusal is not None:
+            self.ctx.events.refused_by_reply(ticket.refusal, peer[0], peer[1])
+            self.closed = True
+            transport.write(ticket.refusal)
+            transport.close()
+            return False
+        if ticket.pending is not None:
+            self.pending = asyncio.get_running_loop().create_task(self._admit_later(guard))
+            return False
+        return True
+
+    async def _admit_later(self, guard: Any) -> None:
+        refusal = await guard.connect_rate(self.ticket)
+        self.pending = None
+        if self.closed:
+            return
+        if refusal is not None:
+            peer = self._addresses(local=False)[0]
+            self.ctx.events.refused_by_reply(refusal, peer[0], peer[1])
+            self.closed = True
+            self.transport.write(refusal)
+            self.transport.close()
+            return
+        self.connection_made(self.transport)
+
+    def local_end(self, guard: Any, sock: Any = None) -> tuple[str, int, bool]:
+        """(local ip, local port, tls) for connect throttles; no getsockname() when none needs them."""
+        if not guard.needs_local:
+            return "", 0, self.ctx.listener.tls.implicit
+        if sock is not None:
+            local = self.ctx.local_addr or sock.getsockname()
+        else:
+            local = self.ctx.local_addr or self.transport.get_extra_info("sockname") or ("", 0)
+        return local[0], local[1], self.ctx.listener.tls.implicit
+
+    def _addresses(self, local: bool = True) -> tuple[Any, Any]:
+        """(client, local) address of the session (the local one only if ``local``). A PROXY listener's
+        connection overrides this with the addresses its header named (server/proxy.py)."""
+        peer = self.transport.get_extra_info("peername") or ("", 0)
+        if not local:
+            return peer, ("", 0)
+        # A listener bound to one address knows its local end without a getsockname() per connection.
+        sock = self.ctx.local_addr or self.transport.get_extra_info("sockname") or ("", 0)
+        return peer, sock
+
     def _start_session(self, info: Any) -> None:
         transport = self.transport
-        peer = transport.get_extra_info("peername") or ("", 0)
-        # A listener bound to one address knows its local end without a getsockname() per connection.
-        sock = self.ctx.local_addr or transport.get_extra_info("sockname") or ("", 0)
+        peer, sock = self._addresses()
         try:
             self.session = Session(self.ctx, peer[0], peer[1], sock[0], sock[1], info, now=self.server.clock.now())
         except Exception:
@@ -93,6 +150,8 @@ class SmtpConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         s = self.session
         if self.closed or s is None:
+            return
+        if s.reader.total == 0 and self.server.guard is not None and self._not_smtp(data):
             return
         if not s.receive_data(data, self.server.clock.now()):
             self._abort()
@@ -148,7 +207,8 @@ class SmtpConnection(asyncio.Protocol):
                 req = s.advance() if answer is _NO_ANSWER else s.resume(answer)
                 if req is None or req is PAUSE:
                     break
-                answer = _answer_now(req, self.server.observer)
+                answer = _answer_now(req, self.server.observer) if type(req) not in GUARD_REQUESTS else \
+                    self.server.guard.answer_now(req, _LATER)
                 if answer is _LATER:
                     break
         except Exception:
@@ -237,6 +297,8 @@ class SmtpConnection(asyncio.Protocol):
             results = await self.server._deliver(req)
             self.session.events.delivered(req.envelope, req.next_hop, results)
             return results
+        if kind in GUARD_REQUESTS:
+            return await self.server.guard.perform(req)
         raise TypeError(f"unknown request {req!r}")
 
     async def _handshake(self) -> Any:
@@ -250,8 +312,8 @@ class SmtpConnection(asyncio.Protocol):
             transport = await loop.start_tls(self.transport, self, ctxt, server_side=True,
                                              ssl_handshake_timeout=self.ctx.listener.tls.timeout)
         except (OSError, asyncio.TimeoutError, ConnectionError, Exception) as exc:  # noqa: BLE001
-            peer = (self.transport.get_extra_info("peername") or ("?",))[0]
-            log.info("STARTTLS handshake failed from %s: %s", peer, type(exc).__name__)
+            log.info("STARTTLS handshake failed from %s: %s", self._addresses(local=False)[0][0] or "?",
+                     type(exc).__name__)
             self.session.events.starttls(None)
             self.closed = True
             try:
@@ -266,6 +328,18 @@ class SmtpConnection(asyncio.Protocol):
         info = tls_info(transport.get_extra_info("ssl_object"))
         self.session.events.starttls(info)
         return info
+
+    def _not_smtp(self, first: bytes) -> bool:
+        """A first input that is HTTP or a TLS hello (server.auto-ban.scan.*): counted, answered, closed."""
+        guard = self.server.guard
+        kind = guard.not_smtp(first)
+        if kind is None:
+            return False
+        log.info("not SMTP from %s (%s): closing", self.session.vars.remote_ip, kind)
+        guard.offence_soon("scan", self.session.vars.remote_ip)
+        self.session.events.refused("not-smtp", detail=kind)
+        self._abort(None if kind == "tls" else NOT_SMTP)
+        return True
 
     # -- output --------------------------------------------------------------------------------------
     def _flush(self) -> None:
@@ -302,6 +376,8 @@ class SmtpConnection(asyncio.Protocol):
             return
         reply = s.deadline_reply(now)
         if reply is not None:
+            if reply is R.TIMEOUT and s.messages == 0 and s.mail_from is None and self.server.guard is not None:
+                self.server.guard.offence_soon("loiter", s.vars.remote_ip)     # server.auto-ban.loiter
             self._abort(reply)
 
     def shutdown(self) -> None:

@@ -56,15 +56,25 @@ class TlsListener:
         loop = asyncio.get_running_loop()
         while True:
             try:
-                sock, peer = await loop.sock_accept(lsock)
+                sock, addr = await loop.sock_accept(lsock)
             except OSError as exc:
                 if exc.errno in _OUT_OF_DESCRIPTORS:
                     log.warning("accept failed: %s; pausing accepts for 100 ms", exc.strerror)
                     await asyncio.sleep(0.1)
                 continue
             conn: SmtpConnection = self._make_connection()
+            guard = self._server.guard
+            if guard is not None:
+                # Banned/blocked address, concurrency throttle (abuse/guard.py): refused before any handshake.
+                conn.ticket = guard.admit(addr[0], conn.ctx.listener.id, *conn.local_end(guard, sock))
+                if conn.ticket.refusal is not None:
+                    conn.ctx.events.refused_by_reply(conn.ticket.refusal, addr[0], addr[1])
+                    self._server._unregister(conn)      # gives the guard's slots back
+                    sock.close()
+                    continue
             if not self._server._register(conn):
-                conn.ctx.events.connection_refused("max-connections", peer[0], peer[1])
+                conn.ctx.events.connection_refused("max-connections", addr[0], addr[1])
+                self._server._unregister(conn)
                 sock.close()                   # the cheapest refusal: no handshake, no reply
                 continue
             conn.registered = True
@@ -75,6 +85,12 @@ class TlsListener:
 
     async def _handshake(self, conn: "SmtpConnection", sock: socket.socket) -> None:
         try:
+            if conn.ticket is not None and conn.ticket.pending is not None:
+                if await self._server.guard.connect_rate(conn.ticket) is not None:   # connect-rate throttle
+                    conn.ctx.events.connection_refused("throttled", *sock.getpeername()[:2], kind="rate")
+                    sock.close()
+                    self._server._unregister(conn)
+                    return
             await asyncio.get_running_loop().connect_accepted_socket(
                 lambda: conn, sock, ssl=self._ssl, ssl_handshake_timeout=self._timeout)
         except asyncio.CancelledError:

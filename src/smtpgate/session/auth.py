@@ -27,6 +27,7 @@ from ..lookup.base import AuthResult, Credentials, Origin, Outcome
 from ..protocol import replies as R
 from ..protocol.reader import TOO_LONG
 from ..sasl.base import Challenge, Failure, NeedSecret, Success, Verify
+from .abuse import Attempt
 from .requests import UNAVAILABLE, Authenticate, Compute, GetSecret, ReadLine, Sleep
 
 if TYPE_CHECKING:
@@ -118,43 +119,52 @@ def _decode(text: bytes) -> bytes | None:
 class _Verdict:
     """How an exchange failed: the reply, and what the log line says. ``counted``: the failure was
     already counted (and waited for) before the client heard of it -- the OAuth error challenge."""
-    __slots__ = ("reply", "mechanism", "user", "result", "counted")
+    __slots__ = ("reply", "mechanism", "user", "result", "counted", "reason")
 
-    def __init__(self, reply: bytes, mechanism: str, user: str, result: str, counted: bool = False):
+    def __init__(self, reply: bytes, mechanism: str, user: str, result: str, counted: bool = False,
+                 reason: str = ""):
         self.reply, self.mechanism, self.user, self.result, self.counted = reply, mechanism, user, result, counted
+        self.reason = reason        # for the log line: "locked" / "banned" (the guard refused the attempt)
 
 
 def _exchange(s: "Session", name: str, mech, initial: str | None) -> Generator:
     s.auth_started()
+    att = Attempt()     # cross-session counting, bans, login locks, progressive wait (session/abuse.py)
     try:
-        verdict = yield from _dialogue(s, name, mech, initial)
+        verdict = yield from _dialogue(s, name, mech, initial, att)
         if verdict is not None:
-            yield from _failed(s, verdict)
+            yield from _failed(s, verdict, att)
     finally:
         s.auth_ended()
 
 
-def _failed(s: "Session", verdict: _Verdict) -> Generator:
+def _failed(s: "Session", verdict: _Verdict, att: Attempt | None = None) -> Generator:
     if not verdict.counted:
-        yield from _count_failure(s, verdict.mechanism, verdict.user, verdict.result)
-    _reply_failure(s, verdict.reply)
+        yield from _count_failure(s, verdict.mechanism, verdict.user, verdict.result, att, verdict.reason)
+    _reply_failure(s, verdict.reply, att)
 
 
-def _count_failure(s: "Session", mechanism: str, user: str, result: str) -> Generator:
-    """A counted authentication failure: count it, log it, and wait ``session.auth.errors.wait`` (a timer
-    of this session only) before the client hears anything."""
+def _count_failure(s: "Session", mechanism: str, user: str, result: str, att: Attempt | None = None,
+                   reason: str = "") -> Generator:
+    """A counted authentication failure: count it, log it, tell the abuse guard, and wait
+    ``session.auth.errors.wait`` (grown by the guard when ``wait-growth`` is set; a timer of this session
+    only) before the client hears anything."""
     s.auth_failures += 1
-    _record_attempt(s, mechanism, user, result)
-    yield Sleep(s.params.auth_errors_wait)
+    _record_attempt(s, mechanism, user, result, reason)
+    if att is not None:
+        yield from att.settle("invalid")
+    yield Sleep(att.wait(s) if att is not None else s.params.auth_errors_wait)
 
 
-def _reply_failure(s: "Session", reply: bytes) -> None:
+def _reply_failure(s: "Session", reply: bytes, att: Attempt | None = None) -> None:
     s.reply(reply)
+    if att is not None and att.close_if_banned(s):
+        return
     if s.auth_failures >= s.params.auth_errors_total:
         s.close(R.AUTH_TOO_MANY)
 
 
-def _dialogue(s: "Session", name: str, mech, initial: str | None) -> Generator:
+def _dialogue(s: "Session", name: str, mech, initial: str | None, att: Attempt) -> Generator:
     """The SASL exchange. Returns None when it ended without a counted failure (success, tempfail, the
     client left), else the :class:`_Verdict` to count and answer."""
     lookup = s.params.auth_lookup
@@ -186,6 +196,11 @@ def _dialogue(s: "Session", name: str, mech, initial: str | None) -> Generator:
             action = mech.respond(data)
         elif isinstance(action, Verify):
             user = action.creds.username
+            # Asked (and counted) before the lookup sees the credentials: see abuse/guard.py. An attempt
+            # whose client leaves before the verdict stays counted (never settled).
+            yield from att.ask(s, user, action.creds.secret)
+            if att.refused:
+                return _Verdict(R.AUTH_INVALID, name, user, "invalid", reason=att.refused)
             result = yield Authenticate(lookup, _with_origin(s, action.creds))
             if not isinstance(result, AuthResult):
                 result = AuthResult(Outcome.UNAVAILABLE, reason="lookup failed")
@@ -195,6 +210,7 @@ def _dialogue(s: "Session", name: str, mech, initial: str | None) -> Generator:
                 _record_attempt(s, name, user, "abandoned", f"verdict {result.outcome.value}")
                 return None
             if result.outcome is Outcome.UNAVAILABLE:
+                yield from att.settle("tempfail")
                 _record_attempt(s, name, user, "tempfail", result.reason)
                 s.reply(R.AUTH_TEMPFAIL)
                 return None
@@ -203,18 +219,23 @@ def _dialogue(s: "Session", name: str, mech, initial: str | None) -> Generator:
                 # OAuth error challenge (RFC 7628 §3.2.2): it already tells the client the token is bad,
                 # so count, log and wait *before* sending it -- a client that hangs up instead of
                 # answering must not get a free, unlogged token check.
-                yield from _count_failure(s, name, user, "invalid")
+                yield from _count_failure(s, name, user, "invalid", att)
                 counted = True
         elif isinstance(action, NeedSecret):
             user = action.username
+            yield from att.ask(s, user, None)
+            if att.refused:
+                return _Verdict(R.AUTH_INVALID, name, user, "invalid", reason=att.refused)
             record = yield GetSecret(lookup, action.username)
             if record is UNAVAILABLE:
+                yield from att.settle("tempfail")
                 _record_attempt(s, name, user, "tempfail", "secret lookup unavailable")
                 s.reply(R.AUTH_TEMPFAIL)
                 return None
             if mech.secret_is_costly(record):
                 action = yield Compute(mech.secret, (record,))   # e.g. PBKDF2: never on the event loop
                 if action is None:
+                    yield from att.settle("tempfail")
                     _record_attempt(s, name, user, "tempfail", "secret processing failed")
                     s.reply(R.AUTH_TEMPFAIL)
                     return None
@@ -244,12 +265,14 @@ def _dialogue(s: "Session", name: str, mech, initial: str | None) -> Generator:
             s.auth_addresses = addresses
             s.auth_mechanism = name
             s.vars.authenticated_as = account.lower()
+            yield from att.settle("success")
             _record_attempt(s, name, action.account, "success")
             s.reply(R.AUTH_OK)
             return None
         elif isinstance(action, Failure):
             user = action.username or user
             if action.kind == "unavailable":
+                yield from att.settle("tempfail")
                 _record_attempt(s, name, user, "tempfail", action.detail)
                 s.reply(R.AUTH_TEMPFAIL)
                 return None

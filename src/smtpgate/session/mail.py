@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Generator
 
 from ..protocol import replies as R
 from ..protocol.commands import ParseError, ascii_number, parse_path, parse_path_and_params, xtext_decode
+from . import abuse
 from .requests import UNAVAILABLE, Contains
 
 if TYPE_CHECKING:
@@ -92,6 +93,8 @@ def _sender(s: "Session", addr, params: dict[str, str | None], auth_param: str |
     if auth_param is not None:
         owned = s.auth_account is not None and auth_param != "<>" and (yield from _owned(s, auth_param.lower()))
         auth_param = auth_param if owned is True else "<>"
+    if not (yield from abuse.rate(s, "mail")):     # [[session.throttle]] rates keyed on sender values
+        return _undo(s)
     s.mail_accepted(addr, params, auth_param)
     s.reply(R.MAIL_OK)
 

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Generator
 
 from ..protocol import replies as R
 from ..protocol.commands import ParseError, parse_params, split_path
+from . import abuse
 from .requests import UNAVAILABLE, Contains
 
 if TYPE_CHECKING:
@@ -53,6 +54,7 @@ def _check(s: "Session", addr, params_text: str) -> Generator:
     if not relay:
         if not local or _reroutes(addr.local):
             s.reply(R.RCPT_RELAY_DENIED)
+            yield from abuse.offence(s, "abuse")
             return
     try:
         unsupported = bool(parse_params(params_text))   # no RCPT parameter is advertised (no DSN)
@@ -68,7 +70,10 @@ def _check(s: "Session", addr, params_text: str) -> Generator:
             return
         if not answer:
             s.reply(R.RCPT_UNKNOWN)
+            yield from abuse.offence(s, "abuse")
             return
+    if not (yield from abuse.rate(s, "rcpt")):
+        return
     s.rcpt_accepted(addr)
     s.reply(R.RCPT_OK)
 
