@@ -60,6 +60,7 @@ class Server:
         self._stopping = False
         self._stopped = asyncio.Event()
         self._connection_budget = 1 << 30     # set from RLIMIT_NOFILE at start()
+        self._verdicts: set[asyncio.Task] = set()   # lookups judging credentials of clients gone
         self._budget_warned = False
         self.guard = None               # abuse.guard.Guard: throttles, bans (config/abuse.py)
         self.observer = Observer(self)          # metrics, log events, the management (http) listener
@@ -139,6 +140,13 @@ class Server:
             await asyncio.sleep(0.05)
         for conn in list(self._connections):
             conn.shutdown()
+        # Verdicts of abandoned AUTH attempts still being judged: a moment to be recorded, then dropped.
+        if self._verdicts:
+            await asyncio.wait(list(self._verdicts), timeout=max(0.1, deadline - time.monotonic()))
+            late = list(self._verdicts)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)   # done before the lookups close
         await self.observer.stop()
         for servers in self._servers.values():
             for srv in servers:
@@ -202,6 +210,15 @@ class Server:
         self._per_listener[ident] = count + 1
         self._connections.add(conn)
         return True
+
+    def _await_verdict(self, task: asyncio.Task) -> None:
+        """A lookup that goes on after its client left (SmtpConnection.connection_lost) -- not while
+        stopping: then it is cancelled like any other request, before the lookups close."""
+        if self._stopping:
+            task.cancel()
+            return
+        self._verdicts.add(task)
+        task.add_done_callback(self._verdicts.discard)
 
     def _unregister(self, conn: SmtpConnection) -> None:
         if conn.ticket is not None:                 # the abuse guard's concurrency slots

@@ -25,7 +25,7 @@ from ..executor import run_sync
 from ..lookup.base import AuthResult, LookupUnavailable, Outcome
 from ..protocol import replies as R
 from ..session.context import ListenerContext
-from ..session.machine import Session
+from ..session.machine import NO_ANSWER, Session
 from ..session.requests import (PAUSE, UNAVAILABLE, Authenticate, Compute, Contains, Deliver, GetSecret, Sleep,
                                 StartTls)
 from ..abuse.replies import NOT_SMTP
@@ -41,7 +41,6 @@ log = logging.getLogger("smtpgate.server")
 #: unparsed input beyond which the socket is not read: what a client that never reads can make us hold.
 OUTPUT_HIGH_WATER = 64 * 1024
 MAX_BUFFERED = 64 * 1024
-_NO_ANSWER = object()
 GUARD_REQUESTS = frozenset({AuthGate, AuthDone, Offence, RateCheck})   # served by server.guard (abuse/)
 
 
@@ -157,8 +156,9 @@ class SmtpConnection(asyncio.Protocol):
             self._abort()
             return
         if self.pending is None and not self.write_paused:
-            self._pump()
-        if not self.closed and s.buffered > MAX_BUFFERED and not self.reading_paused:
+            if self._pump():
+                return                              # all input taken (the common case)
+        if not self.closed and not self.reading_paused and s.buffered > MAX_BUFFERED:
             self.reading_paused = True
             self.transport.pause_reading()
 
@@ -181,7 +181,8 @@ class SmtpConnection(asyncio.Protocol):
         s = self.session
         if self.pending is not None:
             if s is not None and s.verdict_pending:
-                pass      # the lookup runs to its verdict (bounded by its timeout and concurrency): _resume
+                # The lookup runs to its verdict (bounded by its timeout and concurrency): _resume.
+                self.server._await_verdict(self.pending)
             else:
                 self.pending.cancel()
             self.pending = None
@@ -199,12 +200,13 @@ class SmtpConnection(asyncio.Protocol):
             self._pump()
 
     # -- the pump ------------------------------------------------------------------------------------
-    def _pump(self, answer: Any = _NO_ANSWER) -> None:
-        """Run the session until it waits for input, asks for async work, or pauses."""
+    def _pump(self, answer: Any = NO_ANSWER) -> bool:
+        """Run the session until it waits for input, asks for async work, or pauses. True when it waits
+        for input (everything received was taken in)."""
         s = self.session
         try:
             while True:
-                req = s.advance() if answer is _NO_ANSWER else s.resume(answer)
+                req = s.advance(answer)
                 if req is None or req is PAUSE:
                     break
                 answer = _answer_now(req, self.server.observer) if type(req) not in GUARD_REQUESTS else \
@@ -215,7 +217,7 @@ class SmtpConnection(asyncio.Protocol):
             log.exception("internal error in session")
             s.out.append(R.INTERNAL)
             self._abort()
-            return
+            return True
         self._flush()
         if req is None:
             if s.closing:
@@ -223,7 +225,8 @@ class SmtpConnection(asyncio.Protocol):
             elif self.reading_paused and s.buffered <= MAX_BUFFERED:
                 self.reading_paused = False
                 self.transport.resume_reading()
-        elif req is PAUSE:
+            return True
+        if req is PAUSE:
             # Give the loop back; carry on unless the client is not reading its replies (resume_writing).
             if not self.write_paused:
                 self.pending = asyncio.get_running_loop().call_soon(self._continue)
@@ -235,6 +238,7 @@ class SmtpConnection(asyncio.Protocol):
                 # it, and what data_received then gets is decrypted (the session dropped the cleartext).
                 self.transport.pause_reading()
             self.pending = asyncio.get_running_loop().create_task(self._serve(req))
+        return False
 
     def _continue(self) -> None:
         self.pending = None

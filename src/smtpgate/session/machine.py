@@ -5,19 +5,22 @@ Theory of operation
 A :class:`Session` is the whole protocol of one client connection, without sockets, clocks or asyncio.
 The transport (``server/connection.py``) gives it bytes and performs what it asks for::
 
-    session.receive_data(data)           # bytes from the socket (False: transfer limit hit, close)
+    session.receive_data(data, now)      # bytes from the socket (False: transfer limit hit, close)
     request = session.advance()          # run on what is buffered
     ...                                  # send ``session.out``; perform ``request`` if there is one
     request = session.resume(answer)     # ... and hand the answer back, until advance/resume give None
+    session.deadline_reply(now)          # the sweeper: 421 if session.timeout/.duration has passed
+    session.abandon()                    # the connection is gone
 
-``advance``/``resume`` return ``None`` (wait for more input -- or the session is over: ``closed``),
+``advance``/``resume`` return ``None`` (wait for more input -- or the session is over: ``closing``),
 :data:`~.requests.PAUSE` (a bounded batch of pipelined commands was answered: give the loop back and call
 ``advance`` again soon), or a request from :mod:`.requests` for the outside world (a lookup, a delay, a
 TLS handshake, a delivery, CPU work).
 
 **State.** The session is always in one :class:`State`. :data:`TRANSITIONS` is the only place that says
-which :class:`Event` moves it where; the stage modules report events (``s.transition(Event.MAIL)``) and
-never assign states. **Framing** follows from the state alone (:data:`FRAMING`): command lines in the
+which :class:`Event` moves it where; the stage modules report what happened through the session's
+methods (``s.mail_accepted(...)``, ``s.data_started()``...), each one event of the table, and never assign
+states. **Framing** follows from the state alone (:data:`FRAMING`): command lines in the
 command states, SASL response lines in ``AUTH``, the message body in ``DATA``. The line reader
 (``protocol.reader``) belongs to the session, so the transport never decides how input is cut.
 
@@ -179,13 +182,14 @@ COMMANDS: dict[str, Command] = {
 }
 
 _LINE_LIMITS = {"AUTH": SASL_LINE_LIMIT, "MAIL": MAIL_LINE_LIMIT, "RCPT": MAIL_LINE_LIMIT}
-_NOTHING = object()             # no framed input available yet
+_NOTHING = object()             # no framed input available yet; advance() without an answer
+NO_ANSWER = _NOTHING
 
 
 class Session:
     __slots__ = ("ctx", "out", "vars", "params", "remote_port", "state", "tls", "helo", "esmtp",
                  "auth_account", "auth_addresses", "auth_failures", "errors", "auth_mechanism", "mail_from",
-                 "mail_params", "auth_param", "rcpts", "messages", "reader", "eof", "_handler", "_awaiting_input",
+                 "mail_params", "auth_param", "rcpts", "messages", "reader", "eof", "_handler", "_awaiting_input", "closing",
                  "gone", "_request", "started", "_last_input", "_line_started", "_consumed_mark", "_data_started", "_data_mark",
                  "events", "__weakref__")
 
@@ -196,6 +200,7 @@ class Session:
         self.vars = SessionVariables(ctx.listener.id, _ip(remote_ip), _ip(local_ip), local_port, tls is not None)
         self.remote_port = remote_port
         self.state = State.CONNECTED
+        self.closing = False                       # state is CLOSED (a plain attribute: read per command)
         self.tls = tls
         # observe.events.SessionEvents: log lines and metrics, emitted where commands are answered
         self.events = ctx.events.open(self.vars.remote_ip or remote_ip, remote_port, tls)
@@ -227,11 +232,8 @@ class Session:
     def close(self, data: bytes | None = None) -> None:
         if data:
             self.out.append(data)
-        self.transition(Event.CLOSE)
-
-    @property
-    def closing(self) -> bool:
-        return self.state is State.CLOSED
+        self.state = TRANSITIONS[(self.state, Event.CLOSE)]
+        self.closing = True
 
     @property
     def framing(self) -> Framing:
@@ -275,7 +277,7 @@ class Session:
         self.helo = domain
         self.esmtp = esmtp
         self.vars.helo_domain = domain.lower()
-        self.transition(Event.HELLO)
+        self.state = TRANSITIONS[(self.state, Event.HELLO)]
 
     def mail_accepted(self, sender: Address, params: dict[str, str | None], auth_param: str | None) -> None:
         self.mail_from = sender
@@ -295,11 +297,11 @@ class Session:
 
     def auth_started(self) -> None:
         """An AUTH exchange begins: from here the input is SASL response lines."""
-        self.transition(Event.AUTH)
+        self.state = TRANSITIONS[(self.state, Event.AUTH)]
 
     def auth_ended(self) -> None:
         if self.state is State.AUTH:          # not when the exchange closed the session
-            self.transition(Event.AUTH_DONE)
+            self.state = TRANSITIONS[(State.AUTH, Event.AUTH_DONE)]
 
     def tls_established(self, info: TlsInfo) -> None:
         """RFC 3207 §4.2: after the handshake the session starts afresh (the failure count survives)."""
@@ -372,59 +374,42 @@ class Session:
         return self._handler is not None and not self._awaiting_input
 
     # -- the pump ------------------------------------------------------------------------------------
-    def advance(self) -> Any:
-        """Run on the input buffered so far; see the theory of operation for what comes back."""
+    def advance(self, answer: Any = _NOTHING) -> Any:
+        """Run on the input buffered so far -- or, given ``answer``, first hand it to the stage whose
+        request it answers (what :meth:`resume` does). See the theory of operation for what comes back.
+        One method, because it runs for every chunk a client sends."""
         gen = self._handler
-        if gen is None:
-            return self._run(None, None)
-        if not self._awaiting_input:
-            return None                                     # a request is in flight; its answer resumes us
-        answer = self._read_framed()
         if answer is _NOTHING:
-            self._note_partial_line()
-            return None
-        self._awaiting_input = False
-        return self._run(gen, answer)
-
-    @property
-    def verdict_pending(self) -> bool:
-        """The client's credentials are with a lookup: its verdict must still be heard (abandon)."""
-        return type(self._request) is Authenticate
-
-    def abandon(self) -> None:
-        """The connection is gone. The stage in progress is dropped (its ``finally`` blocks run) -- unless
-        a lookup is judging credentials the client sent: then the transport lets it finish and hands its
-        verdict to :meth:`resume` once more, so the attempt is recorded (``result=abandoned``)."""
-        self.gone = True
-        if self.verdict_pending:
-            return
-        gen, self._handler = self._handler, None
-        if gen is not None:
-            gen.close()
-
-    def resume(self, answer: Any) -> Any:
-        """Hand back the answer to the request ``advance``/``resume`` returned, and run on."""
-        self._request = None
-        if self.gone:
-            gen, self._handler = self._handler, None
             if gen is not None:
-                try:
-                    gen.send(answer)              # the stage records the outcome; nothing more is done
-                except StopIteration:
-                    pass
-                gen.close()
-            return None
-        return self._run(self._handler, answer)
-
-    def _run(self, gen: Generator | None, answer: Any) -> Any:
+                if not self._awaiting_input:
+                    return None                     # a request is in flight; its answer resumes us
+                answer = self._read_framed()
+                if answer is _NOTHING:
+                    self._note_partial_line()
+                    return None
+                self._awaiting_input = False
+            else:
+                answer = None
+        else:
+            self._request = None
+            if self.gone:
+                self._handler = None
+                if gen is not None:
+                    try:
+                        gen.send(answer)            # the stage records the outcome; nothing more is done
+                    except StopIteration:
+                        pass
+                    gen.close()
+                return None
         reader = self.reader
         budget = COMMAND_BATCH
         while True:
             if gen is None:
                 self._handler = None
-                if self.errors >= self.params.errors_total and self.state is not State.CLOSED:
+                if self.closing:
+                    return None
+                if self.errors >= self.params.errors_total:
                     self.close(R.TOO_MANY_ERRORS)   # like Postfix's hard error limit: no more parsing
-                if self.state is State.CLOSED:
                     return None
                 if budget == 0:
                     return PAUSE
@@ -464,6 +449,26 @@ class Session:
             self._handler = gen
             self._request = req
             return req
+
+    def resume(self, answer: Any) -> Any:
+        """Hand back the answer to the request ``advance``/``resume`` returned, and run on."""
+        return self.advance(answer)
+
+    @property
+    def verdict_pending(self) -> bool:
+        """The client's credentials are with a lookup: its verdict must still be heard (abandon)."""
+        return type(self._request) is Authenticate
+
+    def abandon(self) -> None:
+        """The connection is gone. The stage in progress is dropped (its ``finally`` blocks run) -- unless
+        a lookup is judging credentials the client sent: then the transport lets it finish and hands its
+        verdict to :meth:`resume` once more, so the attempt is recorded (``result=abandoned``)."""
+        self.gone = True
+        if self.verdict_pending:
+            return
+        gen, self._handler = self._handler, None
+        if gen is not None:
+            gen.close()
 
     def _read_framed(self) -> Any:
         """The input a stage waits for, cut as the state says; None at EOF, _NOTHING if incomplete."""
