@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import time
 
+from tests.fixtures.abuse_client import BANNED, BASE, INVALID, Client, greeting, login
 from tests.fixtures.redis import keys_with_prefix, private_redis, redis_prefix  # noqa: F401
 from tests.fixtures.server import run_server
-from tests.integration.test_abuse_server import BANNED, BASE, INVALID, Client, greeting, login
 
 
 def shared(url: str, prefix: str, extra: str = "") -> str:

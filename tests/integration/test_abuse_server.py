@@ -6,7 +6,6 @@ any of them), so one test shows an attacker banned while everybody else carries 
 from __future__ import annotations
 
 import asyncio
-import base64
 import concurrent.futures
 import socket
 import ssl
@@ -15,58 +14,8 @@ import time
 import pytest
 
 from smtpgate.lookup.base import AuthResult, Capability, Credentials, Lookup, Outcome
-from tests.fixtures.server import SERVER_HEAD, listeners, run_server
-from tests.smtpclient import Raw
-
-BANNED = "421 4.7.0 Your address is temporarily blocked, try again later"
-INVALID = "535 5.7.8 Authentication credentials invalid."
-RATE = "451 4.4.5 Rate limit exceeded, try again later."
-
-BASE = SERVER_HEAD + listeners("smtp") + """
-[session.auth]
-mechanisms = ["plain", "login"]
-lookup = "list/users"
-allow-plain-text = true
-[session.auth.errors]
-total = 100
-wait = "1ms"
-[session.rcpt.lookup]
-domains = "list/domains"
-[list]
-users = ["john@local.test:secret", "mary@local.test:hunter2"]
-domains = ["local.test"]
-"""
-
-
-class Client(Raw):
-    """Raw SMTP client from a chosen loopback source address."""
-
-    def __init__(self, port: int, source: str = "127.0.0.1", timeout: float = 10):
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout, source_address=(source, 0))
-        self.buf = b""
-        self.greeting = self.reply()
-
-    def auth(self, user: str, password: str) -> str:
-        return self.cmd("AUTH PLAIN " + base64.b64encode(f"\0{user}\0{password}".encode()).decode())
-
-
-def login(port: int, source: str, user: str, password: str) -> str:
-    c = Client(port, source)
-    try:
-        if c.greeting.startswith("421"):
-            return c.greeting
-        c.cmd("EHLO client.test")
-        return c.auth(user, password)
-    finally:
-        c.close()
-
-
-def greeting(port: int, source: str) -> str:
-    c = Client(port, source)
-    try:
-        return c.greeting
-    finally:
-        c.close()
+from tests.fixtures.abuse_client import BANNED, BASE, INVALID, RATE, Client, greeting, login
+from tests.fixtures.server import listeners, run_server
 
 
 def test_failed_logins_ban_the_address_and_nobody_else(tmp_path):

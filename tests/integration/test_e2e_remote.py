@@ -18,14 +18,14 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures.certs import test_pki  # noqa: F401  (fixture)
-from tests.fixtures.dovecot import DOMAIN, DovecotServer, dovecot, dovecot_session  # noqa: F401  (fixtures)
+from tests.fixtures.dovecot import DOMAIN, DovecotServer, black_hole, dovecot, dovecot_session  # noqa: F401  (fixtures)
+from tests.fixtures.e2e import (
+    INVALID, NOT_OWNED, OK, TEMPFAIL, assert_black_hole, assert_failures_counted, assert_spooled,
+    assert_unavailable_not_counted, auth, b64, by_listener, connect, gate_config, login, msmtp, parallel, send,
+    swaks, timed,
+)
 from tests.fixtures.seed import SEED
 from tests.fixtures.server import BASE_CONFIG, run_server
-from tests.integration.test_lookup_e2e import (
-    INVALID, NOT_OWNED, OK, TEMPFAIL, assert_black_hole, assert_failures_counted, assert_spooled,
-    assert_unavailable_not_counted, auth, b64, black_hole, by_listener, connect, gate_config, login, msmtp,
-    parallel, send, swaks, timed,
-)
 
 pytestmark = pytest.mark.service("dovecot")
 

@@ -18,258 +18,38 @@ usable again right after slapd restarts, PostgreSQL going silent on a pooled con
 the timeout, and the internal store being down at startup not being fatal.
 
 ``remote/<id>`` (IMAP and SMTP against a real Dovecot), caching, the seed's example and the 1,000-session
-burst are in ``test_e2e_remote.py``; the helpers below are shared with it.
+burst are in ``test_e2e_remote.py``; the helpers both use are in ``tests/fixtures/e2e.py``.
 """
 from __future__ import annotations
 
 import asyncio
 import base64
-import concurrent.futures
 import socket
 import sqlite3
 import subprocess
-import sys
 import threading
 import time
 import urllib.parse
 from pathlib import Path
-from typing import Any, Callable, Iterable
 
 import asyncpg
 import pytest
 
-from smtpgate.delivery.spool import read_message
 from smtpgate.lookup.users import UserStore
 from tests.fixtures.certs import make_pki
 from tests.fixtures.dovecot import black_hole  # noqa: F401  (fixture)
+from tests.fixtures.e2e import (
+    INVALID, NOT_OWNED, OK, SMTPGATE, assert_black_hole, assert_failures_counted, assert_spooled,
+    assert_unavailable_not_counted, auth, b64, by_listener, connect, gate_config, login, msmtp,
+    parallel, run_client, send, swaks,
+)
 from tests.fixtures.oauth_server import AUDIENCE, CLIENT_ID, CLIENT_SECRET, ISSUER, OAuthServer
 from tests.fixtures.oauth_server import _oauth_server_module, oauth_server  # noqa: F401  (fixtures)
 from tests.fixtures.postgres import pg_url  # noqa: F401  (fixture)
-from tests.fixtures.server import BASE_CONFIG, RunningServer, run_server
+from tests.fixtures.server import RunningServer, run_server
 from tests.fixtures.slapd import PEOPLE, SUFFIX, USERS as LDAP_USERS, Slapd
 from tests.fixtures.slapd import ldap_pki, slapd_private  # noqa: F401  (fixtures)
-from tests.smtpclient import Raw, client_tls
 from tests.support import free_port, need_binary
-
-OK = "235 2.7.0 Authentication succeeded."
-INVALID = "535 5.7.8 Authentication credentials invalid."
-TEMPFAIL = "454 4.7.0 Temporary authentication failure."
-TOO_MANY = "421 4.3.0 Too many authentication errors, disconnecting."
-NOT_OWNED = "550 5.7.1 Sender address not owned by authenticated user."
-RCPT = "rcpt@remote.example"
-SMTPGATE = str(Path(sys.executable).with_name("smtpgate"))     # the venv's console script
-CLIENT_TIMEOUT = 30
-
-PASSWORD_MECHS = '["plain", "login"]'
-
-# ====================================================================================================
-# shared helpers (also used by test_e2e_remote.py)
-
-
-def gate_config(lookup: str, sections: str, *, mechanisms: str = PASSWORD_MECHS, wait: str = "20ms",
-                total: int = 3, extra_listeners: Iterable[str] = ("hole",)) -> str:
-    """BASE_CONFIG (smtp / submission STARTTLS / submissions implicit TLS) plus cleartext listeners
-    ``extra_listeners``, ``sections`` (the stores) and a ``[session.auth]`` naming ``lookup`` (a TOML
-    value: a quoted name or an if-block). Cleartext AUTH is allowed everywhere but on ``submission``,
-    which keeps the STARTTLS path honest."""
-    extra = "".join(f'\n[server.listener.{name}]\nbind = ["127.0.0.1:0"]\n' for name in extra_listeners)
-    return BASE_CONFIG + extra + sections + f"""
-[session.auth]
-mechanisms = {mechanisms}
-lookup = {lookup}
-require = true
-allow-plain-text = [ {{ if = "listener", eq = "submission", then = false }}, {{ else = true }} ]
-
-[session.auth.errors]
-total = {total}
-wait = "{wait}"
-"""
-
-
-def by_listener(default: str, **per_listener: str) -> str:
-    """An if-block choosing the lookup by listener id."""
-    rules = [f'{{ if = "listener", eq = "{lst}", then = "{name}" }}' for lst, name in per_listener.items()]
-    return "[ " + ", ".join(rules + [f'{{ else = "{default}" }}']) + " ]"
-
-
-def b64(data: str | bytes) -> str:
-    return base64.b64encode(data.encode() if isinstance(data, str) else data).decode()
-
-
-def connect(srv: RunningServer, listener: str) -> Raw:
-    """A session with EHLO done: STARTTLS first on ``submission``, implicit TLS on ``submissions``."""
-    ctx = client_tls(srv.ca_file)
-    c = Raw(srv.port(listener), tls=ctx if listener == "submissions" else None, timeout=CLIENT_TIMEOUT)
-    assert c.greeting.startswith("220 mx.test "), c.greeting
-    if listener == "submission":
-        assert c.cmd("EHLO client.test").startswith("250-")
-        assert c.cmd("STARTTLS").startswith("220 ")
-        c.starttls(ctx)
-    c.ehlo = c.cmd("EHLO client.test")  # type: ignore[attr-defined]
-    assert c.ehlo.startswith("250-mx.test says hello"), c.ehlo  # type: ignore[attr-defined]
-    return c
-
-
-def auth(c: Raw, user: str, secret: str, mech: str = "PLAIN") -> str:
-    """One AUTH exchange; returns the final reply. Token mechanisms acknowledge an error challenge."""
-    if mech == "PLAIN":
-        return c.cmd("AUTH PLAIN " + b64(f"\0{user}\0{secret}"))
-    if mech == "LOGIN":
-        assert c.cmd("AUTH LOGIN") == "334 VXNlcm5hbWU6"
-        assert c.cmd(b64(user)) == "334 UGFzc3dvcmQ6"
-        return c.cmd(b64(secret))
-    if mech == "OAUTHBEARER":
-        reply = c.cmd("AUTH OAUTHBEARER " + b64(f"n,a={user},\x01auth=Bearer {secret}\x01\x01"))
-        return c.cmd("AQ==") if reply.startswith("334 ") else reply
-    if mech == "XOAUTH2":
-        reply = c.cmd("AUTH XOAUTH2 " + b64(f"user={user}\x01auth=Bearer {secret}\x01\x01"))
-        return c.cmd("") if reply.startswith("334 ") else reply
-    raise ValueError(mech)
-
-
-def login(srv: RunningServer, listener: str, user: str, secret: str, mech: str = "PLAIN") -> str:
-    """A fresh session, one AUTH, QUIT; returns the AUTH reply."""
-    c = connect(srv, listener)
-    try:
-        return auth(c, user, secret, mech)
-    finally:
-        c.close()
-
-
-def parallel(fn: Callable[..., Any], calls: list[tuple]) -> list[Any]:
-    """Run blocking client calls side by side (stores such as Dovecot answer failures on a tick)."""
-    with concurrent.futures.ThreadPoolExecutor(max(1, len(calls))) as pool:
-        return list(pool.map(lambda args: fn(*args), calls))
-
-
-def timed(fn: Callable[..., Any], *args: Any) -> tuple[Any, float]:
-    started = time.monotonic()
-    result = fn(*args)
-    return result, time.monotonic() - started
-
-
-def assert_failures_counted(srv: RunningServer, listener: str, user: str, bad: str, mech: str = "PLAIN") -> None:
-    """Wrong credentials are counted: the third 535 is followed by 421 and the close."""
-    c = connect(srv, listener)
-    try:
-        assert auth(c, user, bad, mech) == INVALID
-        assert auth(c, user, bad, mech) == INVALID
-        assert auth(c, user, bad, mech) == INVALID
-        assert c.reply() == TOO_MANY
-        assert c.closed()
-    finally:
-        c.close()
-
-
-def assert_unavailable_not_counted(srv: RunningServer, listener: str, user: str, secret: str,
-                                   down: Callable[[], None], up: Callable[[], None], *,
-                                   mech: str = "PLAIN", bound: float | None = None,
-                                   recover: bool = True) -> list[float]:
-    """With the store down: three 454s in ONE session (errors.total = 3 would have closed it after three
-    counted failures), then the store comes back and the same session logs in (``recover=False``: the
-    session is only shown to be still open). Returns the 454 latencies (each checked against ``bound``)."""
-    c = connect(srv, listener)
-    down_done = False
-    try:
-        down()
-        down_done = True
-        latencies = []
-        for _ in range(3):
-            reply, elapsed = timed(auth, c, user, secret, mech)
-            assert reply == TEMPFAIL
-            latencies.append(elapsed)
-            if bound is not None:
-                assert elapsed < bound, (elapsed, bound)
-        assert c.cmd("NOOP").startswith("250 ")
-        up()
-        down_done = False
-        if recover:
-            assert auth(c, user, secret, mech) == OK
-        assert c.cmd("QUIT").startswith("221 ")
-    finally:
-        if down_done:
-            up()
-        c.close()
-    lines = [ln for ln in srv.logs if " auth listener=" in ln and "result=tempfail" in ln]
-    assert len(lines) >= 3 and all("failures=0" in ln for ln in lines[-3:]), lines
-    return latencies
-
-
-def assert_black_hole(srv: RunningServer, listener: str, user: str, secret: str, timeout: float,
-                      mech: str = "PLAIN") -> float:
-    """A store that accepts and never answers: 454 at the configured timeout, not later."""
-    reply, elapsed = timed(login, srv, listener, user, secret, mech)
-    assert reply == TEMPFAIL
-    # the TLS-free session setup costs milliseconds; the rest is the lookup waiting out its timeout
-    assert 0.8 * timeout <= elapsed < timeout + 0.6, elapsed
-    return elapsed
-
-
-def message(marker: str, sender: str) -> bytes:
-    return (f"From: <{sender}>\r\nTo: <{RCPT}>\r\nSubject: e2e {marker}\r\n"
-            f"Message-ID: <{marker}@client.test>\r\n\r\nbody {marker}\r\n").encode()
-
-
-def send(c: Raw, sender: str, marker: str) -> None:
-    """A whole transaction on an authenticated session."""
-    assert c.cmd(f"MAIL FROM:<{sender}>").startswith("250 "), sender
-    assert c.cmd(f"RCPT TO:<{RCPT}>").startswith("250 ")
-    assert c.cmd("DATA").startswith("354 ")
-    assert c.cmd(message(marker, sender) + b".\r\n").startswith("250 ")
-
-
-def spooled(srv: RunningServer) -> list[tuple[dict, bytes]]:
-    if not srv.spool.is_dir():
-        return []
-    return [read_message(str(p)) for p in sorted(srv.spool.iterdir())]
-
-
-def assert_spooled(srv: RunningServer, account: str, marker: str, sender: str | None = None,
-                   protocol: str = "ESMTPSA") -> None:
-    """Exactly one spooled message carries ``marker``, sent by ``account`` after AUTH (over TLS unless
-    ``protocol = "ESMTPA"``)."""
-    mine = [(env, data) for env, data in spooled(srv) if f"Subject: e2e {marker}\r\n".encode() in data]
-    assert len(mine) == 1, [e for e, _ in spooled(srv)]
-    env, data = mine[0]
-    assert env["authenticated_as"].lower() == account.lower(), env
-    assert env["rcpt_to"] == [RCPT]
-    if sender is not None:
-        assert env["mail_from"].lower() == sender.lower(), env
-    assert f"\twith {protocol} id ".encode() in data, data[:400]
-
-
-def run_client(argv: list[str], stdin: bytes | None = None) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(argv, input=stdin, capture_output=True, timeout=CLIENT_TIMEOUT)
-    return subprocess.CompletedProcess(proc.args, proc.returncode, proc.stdout.decode("utf-8", "replace"),
-                                       proc.stderr.decode("utf-8", "replace"))
-
-
-def swaks(srv: RunningServer, listener: str, user: str, password: str, marker: str, *, mech: str = "PLAIN",
-          sender: str | None = None) -> subprocess.CompletedProcess[str]:
-    """swaks: AUTH + one message; STARTTLS on submission, implicit TLS on submissions, certificate checked."""
-    argv = [need_binary("swaks"), "--server", f"127.0.0.1:{srv.port(listener)}", "--helo", "client.test",
-            "--auth", mech, "--auth-user", user, "--auth-password", password,
-            "--from", sender or user, "--to", RCPT, "--header", f"Subject: e2e {marker}",
-            "--body", f"body {marker}", "--timeout", "20"]
-    if listener in ("submission", "submissions"):
-        argv += ["-tls" if listener == "submission" else "-tlsc", "--tls-verify", "--tls-ca-path", srv.ca_file]
-    return run_client(argv)
-
-
-def msmtp(srv: RunningServer, listener: str, user: str, secret: str, marker: str, tmp: Path, *,
-          mech: str = "plain", sender: str | None = None) -> subprocess.CompletedProcess[str]:
-    """msmtp: AUTH + one message. The secret goes through a file (--passwordeval), never argv."""
-    secret_file = tmp / f"secret-{marker}"
-    secret_file.write_text(secret)
-    argv = [need_binary("msmtp"), "--file=/dev/null", "--host=127.0.0.1", f"--port={srv.port(listener)}",
-            "--domain=client.test", f"--auth={mech}", f"--user={user}", f"--passwordeval=cat {secret_file}",
-            f"--from={sender or user}", "--timeout=20"]
-    if listener in ("submission", "submissions"):
-        argv += ["--tls=on", f"--tls-starttls={'on' if listener == 'submission' else 'off'}",
-                 f"--tls-trust-file={srv.ca_file}"]
-    else:
-        argv += ["--tls=off"]
-    return run_client(argv + ["--", RCPT], message(marker, sender or user))
 
 
 class Gate:

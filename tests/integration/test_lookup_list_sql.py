@@ -192,7 +192,7 @@ async def test_sqlite_concurrency(tmp_path: Path) -> None:
                                      for i in range(1000)))
     assert sum(r.valid for r in results) == 500
     assert all(r.outcome is not Outcome.UNAVAILABLE for r in results)
-    assert len(db._idle) <= 5
+    assert db.idle_count <= 5
     await db.close()
 
 

@@ -151,7 +151,7 @@ async def test_token_without_kid_needs_an_unambiguous_key(oauth_server: OAuthSer
     # One RSA key (beside an EC key): the RS256 token can only mean that one.
     assert (await check(jwt_lookup(oauth_server), token)).valid
     oauth_server.rotate()
-    oauth_server.published.append(oauth_server._initial[0])     # now two RSA keys
+    oauth_server.published.append(oauth_server.initial_keys[0])     # now two RSA keys
     assert (await check(jwt_lookup(oauth_server), token)).outcome is Outcome.INVALID
 
 

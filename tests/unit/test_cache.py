@@ -130,11 +130,11 @@ async def test_keys_depend_on_every_part_and_hold_no_password() -> None:
     await cache.authenticate(creds("alice\x00r", "ight"))    # same concatenation, different split
     await cache.authenticate(Credentials("PLAIN", "alice", "right", authzid="bob"))
     assert inner.calls == 4 and len(cache) == 4
-    for key in cache._entries:
+    for key in cache.keys():
         assert isinstance(key, bytes) and len(key) == 32 and b"right" not in key
     other, _, _ = make(alice="right")
     await other.authenticate(creds("alice", "right"))
-    assert set(other._entries).isdisjoint(cache._entries)   # per-process (here: per-instance) random key
+    assert set(other.keys()).isdisjoint(cache.keys())   # per-process (here: per-instance) random key
 
 
 async def test_lru_bound() -> None:
@@ -155,7 +155,7 @@ async def test_eviction_keeps_user_index_consistent() -> None:
     cache, inner, _ = make(entries=1)
     await cache.authenticate(creds("alice", "right"))
     await cache.authenticate(creds("bob", "bobpw"))   # evicts alice's positive entry
-    assert "password\x00alice" not in cache._by_user
+    assert not cache.holds_success("alice", "password")
     await cache.authenticate(creds("alice", "wrong"))
     assert len(cache) == 1
 

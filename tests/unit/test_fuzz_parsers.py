@@ -172,7 +172,7 @@ def test_scram_exchange_never_raises(name, gs2, user, nonce, ext, record, cbind,
 def test_sasl_message_parsers_raise_only_malformed(message):
     """Each mechanism's own parser: its answer, or Malformed (the 501 detail), nothing else."""
     from smtpgate.sasl import cram_md5, oauthbearer, plain, xoauth2
-    from smtpgate.sasl._common import Malformed
+    from smtpgate.sasl.base import Malformed
     for parse in (plain.parse, oauthbearer.parse, xoauth2.parse, cram_md5.parse):
         try:
             parse(message)

@@ -10,8 +10,8 @@ import pytest
 from smtpgate.lookup.base import AuthResult, Outcome, SecretRecord
 from smtpgate.sasl import create
 from smtpgate.sasl.base import Challenge, NeedSecret, Success, Verify
+from tests.fixtures.gsasl import gsasl_mkpasswd
 from tests.support import need_binary
-from tests.unit.test_sasl_scram import gsasl_mkpasswd
 
 pytestmark = pytest.mark.timeout(30)
 

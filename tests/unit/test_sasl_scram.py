@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import base64
 import re
-import subprocess
 
 import pytest
 from scramp import ScramClient, ScramException, ScramMechanism
@@ -11,7 +10,7 @@ from scramp import ScramClient, ScramException, ScramMechanism
 from smtpgate.lookup.base import ScramKeys, SecretRecord
 from smtpgate.sasl.base import Challenge, ChannelBinding, Failure, NeedSecret, Success
 from smtpgate.sasl.scram import Scram
-from tests.support import need_binary
+from tests.fixtures.gsasl import gsasl_mkpasswd
 
 CB = ChannelBinding("tls-unique", b"\x01finished-message-of-this-tls-session")
 
@@ -66,16 +65,6 @@ def test_keys_for_the_other_hash_are_not_used():
     rec = SecretRecord(account="tim", scram={"SHA-256": ScramKeys(salt, i, stored, server)})
     final, _ = run(Scram("SCRAM-SHA-1"), ScramClient(["SCRAM-SHA-1"], "tim", "pencil"), lambda u: rec)
     assert final.kind == "invalid"
-
-
-def gsasl_mkpasswd(mech: str, password: str, *extra: str) -> ScramKeys:
-    gsasl = need_binary("gsasl")
-    out = subprocess.run([gsasl, "--mkpasswd", "-m", mech, "-p", password, *extra],
-                         capture_output=True, text=True, timeout=30, check=True).stdout.strip()
-    m = re.fullmatch(r"\{" + re.escape(mech) + r"\}(\d+),([^,]+),([^,]+),([^,]+)", out)
-    assert m, out
-    return ScramKeys(salt=base64.b64decode(m[2]), iterations=int(m[1]),
-                     stored_key=base64.b64decode(m[3]), server_key=base64.b64decode(m[4]))
 
 
 @pytest.mark.parametrize("name, key", [("SCRAM-SHA-256", "SHA-256"), ("SCRAM-SHA-1", "SHA-1")])

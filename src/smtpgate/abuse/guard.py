@@ -324,11 +324,16 @@ class Guard:
         while True:
             await asyncio.sleep(REFRESH_INTERVAL)
             try:
-                self._log_changes(await self.store.refresh())
+                await self.refresh()
             except asyncio.CancelledError:
                 raise
             except Exception:  # noqa: BLE001 - a refresh failure must not end the refresher
                 log.exception("refreshing the abuse store failed")
+
+    async def refresh(self) -> None:
+        """Pick up now the bans made or lifted elsewhere (another node, ``smtpgate ban``) and log each
+        change; the background refresher does this every ``REFRESH_INTERVAL``."""
+        self._log_changes(await self.store.refresh())
 
     def _log_changes(self, changes: Changes) -> None:
         for ban in changes.added:

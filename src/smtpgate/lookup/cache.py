@@ -19,7 +19,7 @@ import secrets
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, KeysView
 
 from ..config.model import CacheSettings
 from .base import AuthResult, Capability, Credentials, Lookup, Outcome, SecretRecord
@@ -92,6 +92,17 @@ class CachedLookup(Lookup):
     def __len__(self) -> int:
         return len(self._entries)
 
+    def keys(self) -> KeysView[bytes]:
+        """The cache keys, least recently used first (read-only view): 32-byte HMAC-SHA256 digests under
+        this process's random key, so what can be inspected here is never a password or a plain hash."""
+        return self._entries.keys()
+
+    def holds_success(self, username: str, kind: str = "password") -> bool:
+        """Whether a VALID answer for ``username`` (credential ``kind``: "password" or "token") is held --
+        e.g. whether an old password's success is still cached. An expired one counts until it is next
+        looked up or evicted."""
+        return self._user(kind, username) in self._by_user
+
     def clear(self) -> None:
         self._entries.clear()
         self._by_user.clear()
@@ -101,9 +112,9 @@ class CachedLookup(Lookup):
         return hmac.digest(self._key, msg, "sha256")
 
     @staticmethod
-    def _user(creds: Credentials) -> str:
+    def _user(kind: str, username: str) -> str:
         # per kind: a rejected token must not evict the same user's cached password success
-        return f"{creds.kind}\0{creds.username.lower()}"
+        return f"{kind}\0{username.lower()}"
 
     def _remove(self, key: bytes) -> None:
         entry = self._entries.pop(key, None)
@@ -160,7 +171,7 @@ class CachedLookup(Lookup):
         result = await self.inner.authenticate(creds)
         if result.outcome is Outcome.UNAVAILABLE:
             return result
-        user = self._user(creds)
+        user = self._user(creds.kind, creds.username)
         if result.outcome is Outcome.INVALID:
             self._drop_positives(user)
         self._store(key, user, result)

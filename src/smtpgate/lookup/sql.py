@@ -216,6 +216,12 @@ class SqlDatabase:
     def __repr__(self) -> str:  # the address may hold a password
         return f"SqlDatabase(id={self.id!r}, dialect={self.dialect!r})"
 
+    @property
+    def idle_count(self) -> int:
+        """SQLite connections open and waiting for reuse (at most ``concurrency``); 0 for PostgreSQL,
+        whose idle connections asyncpg's pool keeps."""
+        return len(self._idle)
+
     def lookup(self, query_name: str) -> "SqlLookup":
         if query_name not in self._lookups:
             try:

@@ -8,7 +8,7 @@ import secrets
 from collections.abc import Iterable
 
 from ..lookup.base import AuthResult, Outcome, SecretRecord
-from .base import Action, Challenge, Failure, Mechanism, Success
+from .base import Action, Challenge, Failure, Malformed, Mechanism, Success
 
 #: Per-process random key for everything that must look deterministic to a client without being
 #: guessable (SCRAM fake salts and keys). It never leaves the process.
@@ -23,10 +23,6 @@ def keyed(label: str, *parts: str | bytes, size: int = 32) -> bytes:
     if size > len(out):
         out += hmac.new(PROCESS_KEY, b"more\0" + msg, hashlib.sha256).digest()
     return out[:size]
-
-
-class Malformed(Exception):
-    """Raised by parsers; the message becomes the 501 detail, so it must never contain secrets."""
 
 
 def utf8(data: bytes, what: str) -> str:

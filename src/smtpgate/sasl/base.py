@@ -60,6 +60,11 @@ class Failure:
 Action = Challenge | Verify | NeedSecret | Success | Failure
 
 
+class Malformed(Exception):
+    """Raised by the mechanisms' message parsers (e.g. ``plain.parse``); the message becomes the 501
+    detail, so it must never contain secrets."""
+
+
 @dataclass(frozen=True, slots=True)
 class ChannelBinding:
     """TLS channel binding data for SCRAM -PLUS (RFC 5929 / RFC 9266)."""
