@@ -9,7 +9,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.fixtures.server import SERVER_HEAD, listeners, run_server
-from tests.integration.test_auth_stage import plain_ir
+from tests.fixtures.auth_session import plain_ir
 from tests.smtpclient import Raw
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "contrib" / "grafana" / "smtpgate.json"

@@ -19,7 +19,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.fixtures.server import SERVER_HEAD, RunningServer, listeners, run_server
-from tests.integration.test_auth_stage import make_user_store, plain_ir
+from tests.fixtures.auth_session import make_user_store, plain_ir
 from tests.smtpclient import Raw, client_tls
 from tests.support import free_port, need_binary
 

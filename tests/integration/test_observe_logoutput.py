@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.test_auth_stage import plain_ir
+from tests.fixtures.auth_session import plain_ir
 from tests.smtpclient import Raw
 from tests.support import free_port, port_open
 
