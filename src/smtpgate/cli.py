@@ -27,12 +27,13 @@ from .config.load import load_file
 
 def _commands() -> list[Callable[[Any], None]]:
     """The sub-commands, in ``--help`` order: one ``register(subparsers)`` each."""
-    from . import abusecli, usercli
+    from . import abusecli, opscli, usercli
     return [
         _register_serve,
         _register_check_config,
         usercli.register,
         abusecli.register,
+        opscli.add_parsers,     # explain, spool, reload
     ]
 
 
@@ -73,6 +74,9 @@ def load_settings(args: argparse.Namespace):
     if getattr(args, "config", None):
         return load_file(args.config)
     return load_file(defaults.ensure(getattr(args, "data_dir", None) or _default_data_dir()))
+
+
+_load = load_settings  # the name sub-command modules written against the earlier cli.py use
 
 
 # -- parser and main --------------------------------------------------------------------------------
@@ -133,6 +137,7 @@ def _register_serve(sub: Any) -> None:
     add_config_options(serve)
     serve.add_argument("--log-level", default=None, choices=["debug", "info", "warning", "error"],
                        help="default: server.log.level, else info")
+    serve.add_argument("--pid-file", help="for smtpgate reload (default: <data dir>/smtpgate.pid if that dir exists)")
     serve.set_defaults(run=_serve)
 
 
@@ -184,7 +189,7 @@ def _serve(args: argparse.Namespace) -> int:
     except ImportError:
         runner = asyncio.run
     try:
-        return runner(_run(settings, handler))
+        return runner(_run(settings, handler, args))
     except ConfigError:
         handler.resume(drop_below=logging.WARNING)
         handler.close()
@@ -215,8 +220,9 @@ def _startup_reason(settings: Any, exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-async def _run(settings: Any, handler: Any) -> int:
+async def _run(settings: Any, handler: Any, args: Any = None) -> int:
     from .server import Server
+    from .service import Service
     server = Server(settings)
     try:
         await server.start()
@@ -231,12 +237,16 @@ async def _run(settings: Any, handler: Any) -> int:
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    service = Service(server, settings, getattr(args, "pid_file", None), getattr(args, "data_dir", None))
+    service.started()  # pid file, run-as, SIGHUP reload, READY=1 to systemd
     log = logging.getLogger("smtpgate")
     log.info("smtpgate ready: %s (configuration %s)", ready_listeners(server), settings.source)
     handler.resume()
     await stop.wait()
     log.info("stopping: no new connections, %d sessions finishing", server.connection_count)
+    service.stopping()
     await server.stop()
+    service.stopped()
     return 0
 
 
@@ -245,7 +255,10 @@ def ready_listeners(server: Any) -> str:
     from .startup import format_address
     parts = []
     for ident, listener in server.settings.listeners.items():
-        ports = server.ports(ident)
+        try:
+            ports = server.ports(ident)
+        except (KeyError, AttributeError):  # a listener served by another component: its configured ports
+            ports = []
         addrs = [format_address(host, ports[i] if i < len(ports) else port)
                  for i, (host, port) in enumerate(listener.binds)]
         tls = " (implicit TLS)" if listener.tls.implicit else " (STARTTLS)" if listener.tls.enable else ""

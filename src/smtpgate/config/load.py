@@ -18,7 +18,7 @@ from typing import Any
 
 from . import abuse as config_abuse
 from . import observe as observe_config
-from . import values
+from . import runas, values
 from .errors import ConfigError
 from .ifblock import MAIL, Scope, compile_setting
 from .model import (CacheSettings, CertificateSettings, DatabaseSettings, DirectorySettings, Expr, ListenerSettings,
@@ -130,6 +130,7 @@ class _Builder:
             queue_path = os.path.join(self.base_dir, queue_path)
         next_hop = self.next_hop(scope, remotes)
         abuse = config_abuse.build(self.take, self.has, self.flat, scope, queue_path)
+        run_as = runas.parse(self)
         observe = observe_config.parse(self, listeners)
         for key in self.flat:
             # An empty table of a known section (a header whose keys are all commented out) is harmless.
@@ -138,7 +139,7 @@ class _Builder:
         return Settings(hostname=hostname, greeting=greeting, listeners=listeners, certificates=certificates,
                         session=session, lists=lists, databases=databases, remotes=remotes,
                         directories=directories, queue_path=queue_path, next_hop=next_hop,
-                        shutdown_grace=grace, source=self.source, abuse=abuse, observe=observe)
+                        shutdown_grace=grace, source=self.source, abuse=abuse, run_as=run_as, observe=observe)
 
     def certificates(self) -> dict[str, CertificateSettings]:
         out = {}
