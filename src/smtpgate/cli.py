@@ -135,7 +135,8 @@ def _register_serve(sub: Any) -> None:
                            description="Run the server in the foreground. It logs one 'smtpgate ready:' "
                                        "line naming its listeners once it accepts connections.")
     add_config_options(serve)
-    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.add_argument("--log-level", default=None, choices=["debug", "info", "warning", "error"],
+                       help="default: server.log.level, else info")
     serve.add_argument("--pid-file", help="for smtpgate reload (default: <data dir>/smtpgate.pid if that dir exists)")
     serve.set_defaults(run=_serve)
 
@@ -157,6 +158,18 @@ def _setup_logging(level: str):
     return handler
 
 
+def _apply_log_settings(settings: Any, cli_level: str | None, handler: Any) -> Any:
+    """server.log.* (format, output, level): see observe/logsetup.py. Returns the handler in use."""
+    from .observe import logsetup
+    try:
+        handler = logsetup.apply(settings.observe.log, cli_level, handler)
+    except OSError as exc:
+        raise ConfigError("server.log.syslog.socket", f"cannot reach {settings.observe.log.syslog_socket}: "
+                                                      f"{exc.strerror or exc}") from None
+    atexit.register(logsetup.stop)
+    return handler
+
+
 def _serve(args: argparse.Namespace) -> int:
     from .startup import StartupError, check_binds, check_paths
 
@@ -167,7 +180,8 @@ def _serve(args: argparse.Namespace) -> int:
     except StartupError as exc:
         print(f"smtpgate: cannot start: {exc}", file=sys.stderr)
         return 1
-    handler = _setup_logging(args.log_level.upper())
+    handler = _setup_logging((args.log_level or "info").upper())
+    handler = _apply_log_settings(settings, args.log_level, handler)
     handler.pause()  # startup progress is written once the server is up (or dropped if it is not)
     try:
         import uvloop  # optional: a faster event loop when installed

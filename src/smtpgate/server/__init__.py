@@ -29,6 +29,7 @@ from ..delivery.nexthop import NextHop
 from ..delivery.spool import Spool
 from ..lookup import registry
 from ..lookup.base import Lookup
+from ..observe.observer import Observer
 from ..session.context import ListenerContext
 from ..session.requests import Deliver
 from .clock import Clock
@@ -63,6 +64,7 @@ class Server:
         self._verdicts: set[asyncio.Task] = set()   # lookups judging credentials of clients gone
         self._budget_warned = False
         self.guard = None               # abuse.guard.Guard: throttles, bans (config/abuse.py)
+        self.observer = Observer(self)          # metrics, log events, the management (http) listener
 
     # -- life cycle ----------------------------------------------------------------------------------
     async def start(self) -> "Server":
@@ -85,6 +87,8 @@ class Server:
             if remote.protocol in ("smtp", "lmtp") and self._custom_delivery is None:
                 self._next_hops[f"remote/{ident}"] = NextHop(remote, s.hostname)
         for ident, listener in s.listeners.items():
+            if listener.protocol == "http":
+                continue                        # the management listener: observe/, started below
             ssl_ctx = None
             if listener.tls.enable:
                 ssl_ctx = server_context(s.certificates[listener.tls.certificate], listener.tls)
@@ -99,6 +103,7 @@ class Server:
                 host, port = socks[0].getsockname()[:2]
                 if host not in ("0.0.0.0", "::"):
                     ctx.local_addr = (host, port)
+        self._servers.update(await self.observer.start())
         self._sweeper = self.clock.call_later(SWEEP_INTERVAL, self._sweep)
         # Logged once serving: a start that fails ends with its own error line, not this one.
         log.info("file descriptors: %s; up to %d connections at once", nofile_note, self._connection_budget)
@@ -107,7 +112,9 @@ class Server:
     def _context(self, settings: Settings, listener: Any, lookups: dict[str, Lookup],
                  ssl_ctx: ssl.SSLContext | None) -> ListenerContext:
         """What every session of a listener shares (also built by reload.py for a new configuration)."""
-        return ListenerContext(settings, listener, lookups, starttls_available=ssl_ctx is not None)
+        ctx = ListenerContext(settings, listener, lookups, starttls_available=ssl_ctx is not None)
+        ctx.events = self.observer.listener(listener.id)     # log lines and metrics (observe/)
+        return ctx
 
     async def _listen(self, ctx: ListenerContext, ssl_ctx: ssl.SSLContext | None, host: str, port: int) -> Any:
         """One listening socket of a listener (also used by reload.py for added addresses)."""
@@ -152,6 +159,7 @@ class Server:
             for task in late:
                 task.cancel()
             await asyncio.gather(*late, return_exceptions=True)   # done before the lookups close
+        await self.observer.stop()
         for servers in self._servers.values():
             for srv in servers:
                 try:
