@@ -69,52 +69,65 @@ def run(args: argparse.Namespace) -> int:
     settings = load_file(args.config)
     with open(args.config, "rb") as fh:
         text = fh.read().decode("utf-8")
-    lines = positions.key_lines(text)
-    raw = tomllib.loads(text)
-    listener = settings.listeners.get(args.listener)
-    if listener is None:
-        print(f"smtpgate explain: no listener {args.listener!r} (have: {', '.join(settings.listeners)})",
-              file=sys.stderr)
-        return 2
+    secret = _read_secret(args.user) if args.user is not None else None
     try:
-        remote_ip = _ip(args.remote_ip)
-        local_ip = _ip(args.local_ip or listener.binds[0][0])
+        out = asyncio.run(explain(settings, text, args.config, listener_id=args.listener, remote_ip=args.remote_ip,
+                                  tls=args.tls, local_ip=args.local_ip, local_port=args.local_port, helo=args.helo,
+                                  sender=args.sender, rcpt=args.rcpt, user=args.user, secret=secret,
+                                  bearer=args.bearer))
     except ValueError as exc:
         print(f"smtpgate explain: {exc}", file=sys.stderr)
         return 2
-    ctx = Context(listener=listener.id, remote_ip=remote_ip, local_ip=local_ip,
-                  local_port=args.local_port if args.local_port is not None else listener.binds[0][1],
-                  tls=bool(args.tls or listener.tls.implicit))
-    if args.helo:
-        ctx.helo_domain = args.helo.lower()
-    if args.sender is not None:
-        ctx.sender = args.sender.lower()
+    print("\n".join(out))
+    return 0
+
+
+async def explain(settings: Settings, text: str, source: str, *, listener_id: str, remote_ip: str,
+                  tls: bool = False, local_ip: str | None = None, local_port: int | None = None,
+                  helo: str | None = None, sender: str | None = None, rcpt: str | None = None,
+                  user: str | None = None, secret: str | None = None, bearer: bool = False) -> list[str]:
+    """The report's lines for one client context (``smtpgate explain`` and the management API's
+    ``POST /api/explain``). ``text`` is the configuration file's text, for line numbers. Raises
+    ValueError for an unknown listener or a malformed address."""
+    lines = positions.key_lines(text)
+    raw = tomllib.loads(text) if text else {}
+    listener = settings.listeners.get(listener_id)
+    if listener is None:
+        raise ValueError(f"no listener {listener_id!r} (have: {', '.join(settings.listeners)})")
+    remote = _ip(remote_ip)
+    local = _ip(local_ip or listener.binds[0][0])
+    ctx = Context(listener=listener.id, remote_ip=remote, local_ip=local,
+                  local_port=local_port if local_port is not None else listener.binds[0][1],
+                  tls=bool(tls or listener.tls.implicit))
+    if helo:
+        ctx.helo_domain = helo.lower()
+    if sender is not None:
+        ctx.sender = sender.lower()
         ctx.sender_domain = ctx.sender.rpartition("@")[2] or None
-    if args.rcpt is not None:
-        ctx.rcpt = args.rcpt.lower()
+    if rcpt is not None:
+        ctx.rcpt = rcpt.lower()
         ctx.rcpt_domain = ctx.rcpt.rpartition("@")[2] or None
 
-    given = {"helo-domain": args.helo, "sender": args.sender, "sender-domain": args.sender,
-             "rcpt": args.rcpt, "rcpt-domain": args.rcpt, "authenticated-as": None}
+    given = {"helo-domain": helo, "sender": sender, "sender-domain": sender,
+             "rcpt": rcpt, "rcpt-domain": rcpt, "authenticated-as": None}
     auth_lines: list[str] = []
-    if args.user is not None:
+    if user is not None:
         lookup_name = settings.session.auth_lookup.evaluate(ctx)
-        password = _read_secret(args.user)
-        account, auth_lines = asyncio.run(check_user(settings, lookup_name, args.user, password, bearer=args.bearer))
+        account, auth_lines = await check_user(settings, lookup_name, user, secret or "", bearer=bearer)
         if account:
             ctx.authenticated_as = account.lower()
             given["authenticated-as"] = account
 
-    out = [f"# {args.config}: listener={listener.id} remote-ip={remote_ip} local-ip={ctx.local_ip} "
-           f"local-port={ctx.local_port} tls={str(ctx.tls).lower()} helo-domain={args.helo or '-'} "
-           f"authenticated-as={ctx.authenticated_as or '-'} sender={args.sender or '-'} rcpt={args.rcpt or '-'}"]
+    out = [f"# {source}: listener={listener.id} remote-ip={remote} local-ip={ctx.local_ip} "
+           f"local-port={ctx.local_port} tls={str(ctx.tls).lower()} helo-domain={helo or '-'} "
+           f"authenticated-as={ctx.authenticated_as or '-'} sender={sender or '-'} rcpt={rcpt or '-'}"]
     rows = []
     for expr in _session_exprs(settings.session):
         row = SESSION_KEYS.get(expr.key)          # an alias (errors.max) is shown under its canonical key
         rows.append((row.key if row else expr.key, expr))
     rows.append(("queue.outbound.next-hop", settings.next_hop))
     for key, expr in rows:
-        value, where, missing = explain_expr(expr, ctx, lines, raw, args.config, given)
+        value, where, missing = explain_expr(expr, ctx, lines, raw, source, given)
         out.append(f"{key} = {_show(value)}")
         out.append(f"    {where}")
         if missing:
@@ -123,8 +136,7 @@ def run(args: argparse.Namespace) -> int:
     if auth_lines:
         out.append("")
         out.extend(auth_lines)
-    print("\n".join(out))
-    return 0
+    return out
 
 
 def _session_exprs(session: Any) -> list[Expr]:
@@ -146,6 +158,12 @@ def explain_expr(expr: Expr, ctx: Any, lines: dict[str, int], raw: dict, source:
         if key in lines:
             return expr.value, f"{source}:{lines[key]}: {key} = {_compact(rules_raw)}", []
         return expr.value, "built-in default (not set in the file)", []
+    if not lines:
+        # No file text to place the rules in (a configuration built from a string, e.g. by a library user).
+        for index, (cond, val) in enumerate(expr._rules):
+            if cond(ctx):
+                return val, f"{key}[{index}] matched", []
+        return expr._default, f"{key}: no rule matched, else = {_compact(expr._default)}", []
     if key not in lines:
         # A rule set built by the loader itself (session.rcpt.relay's default).
         value = expr.evaluate(ctx)

@@ -509,3 +509,38 @@ token = "{TOKEN_HASH}"
         assert welcome.greeting.startswith("220 ")
         welcome.close()
         assert value(scrape(srv), "smtpgate_bans_active", reason="manual") == 0
+
+
+def test_api_explain_evaluates_the_running_config_without_counting(srv):
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    with http(srv) as client:
+        assert client.post("/api/explain", json={"listener": "strict", "remote-ip": "192.0.2.7"}).status_code == 401
+        resp = client.post("/api/explain", headers=auth, json={"listener": "strict", "remote-ip": "192.0.2.7"})
+        assert resp.status_code == 200, resp.text
+        lines = resp.json()["lines"]
+        at = lines.index("session.auth.allow-plain-text = false")
+        assert lines[at + 1].strip() == "session.auth.allow-plain-text[0] matched"
+        other = client.post("/api/explain", headers=auth,
+                            json={"listener": "submission", "remote-ip": "192.0.2.7"}).json()["lines"]
+        assert "session.auth.allow-plain-text = true" in other
+
+        before = scrape(srv)
+        logged = len(srv.logs)
+        wrong = client.post("/api/explain", headers=auth, json={
+            "listener": "submission", "remote-ip": "192.0.2.7", "user": "john@example.org", "password": WRONG})
+        report = wrong.json()["lines"]
+        assert any(line.strip().startswith("invalid (clients get 535 5.7.8, counted)") for line in report), report
+        right = client.post("/api/explain", headers=auth, json={
+            "listener": "submission", "remote-ip": "192.0.2.7", "user": "john@example.org", "password": PW})
+        assert "    valid: account 'john@example.org'" in right.json()["lines"]
+        after = scrape(srv)
+        attempts = [k for k in after if k[0].startswith("smtpgate_auth_attempts")]
+        assert all(after[k] == before.get(k, 0.0) for k in attempts), "explain must not count as an AUTH attempt"
+        assert not any(" auth listener=" in line for line in srv.logs[logged:])
+        assert WRONG not in "\n".join(srv.logs) and PW not in "\n".join(srv.logs)
+
+        bad = client.post("/api/explain", headers=auth, json={"listener": "nope", "remote-ip": "192.0.2.7"})
+        assert bad.status_code == 400 and "no listener 'nope'" in bad.json()["error"]
+        bad = client.post("/api/explain", headers=auth, json={"listener": "strict", "remote-ip": "not-an-ip"})
+        assert bad.status_code == 400 and "not an IP address" in bad.json()["error"]
+        assert client.post("/api/explain", headers=auth, json={"listener": "strict"}).status_code == 400

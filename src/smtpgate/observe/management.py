@@ -15,6 +15,11 @@ Routes::
   PUT    /api/users/{name}/password     {"password": "…"}
   POST   /api/users/{name}/disable      (and /enable)
   DELETE /api/users/{name}
+  POST   /api/explain                   {"listener": "submission", "remote-ip": "192.0.2.7", "tls": true,
+                                         "helo"/"sender"/"rcpt"/"local-ip"/"local-port": optional,
+                                         "user": "…", "password": "…", "bearer": false}
+                                        -> {"lines": [...]}: `smtpgate explain` for the running config;
+                                        a --user check asks the lookup directly, so no limit moves
 
 aiohttp, because HTTP/1.1 parsing, keep-alive and limits are a library's job; it runs its protocol on
 the loop the SMTP sessions use (``loop.create_server`` with aiohttp's protocol factory), so a scrape costs
@@ -67,6 +72,7 @@ class Management:
         r.add_post("/api/users/{name}/disable", self.disable_user)
         r.add_post("/api/users/{name}/enable", self.enable_user)
         r.add_delete("/api/users/{name}", self.delete_user)
+        r.add_post("/api/explain", self.explain)
         self.runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
 
     async def start(self) -> None:
@@ -254,6 +260,37 @@ class Management:
     async def delete_user(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
         return await self._user_op(request, lambda s: s.delete_user(name), f"user {name} deleted")
+
+
+    # -- explain: ``smtpgate explain`` against the configuration this server runs now -----------------
+    async def explain(self, request: web.Request) -> web.Response:
+        from .. import explain
+        body = await _body(request)
+        listener, remote_ip = body.get("listener"), body.get("remote-ip")
+        if not isinstance(listener, str) or not isinstance(remote_ip, str):
+            return _json(400, {"error": "\"listener\" and \"remote-ip\" are required"})
+        strings = {k: body.get(k) for k in ("local-ip", "helo", "sender", "rcpt", "user", "password")}
+        if any(v is not None and not isinstance(v, str) for v in strings.values()):
+            return _json(400, {"error": "local-ip, helo, sender, rcpt, user and password must be strings"})
+        port = body.get("local-port")
+        if port is not None and (not isinstance(port, int) or isinstance(port, bool)):
+            return _json(400, {"error": "\"local-port\" must be an integer"})
+        settings = self.server.settings
+        source = settings.source
+        try:        # line numbers come from the file the running configuration was loaded from
+            with open(source, encoding="utf-8") as fh:
+                text = fh.read()
+        except OSError:
+            text = ""
+        try:
+            lines = await explain.explain(
+                settings, text, source, listener_id=listener, remote_ip=remote_ip, tls=bool(body.get("tls")),
+                local_ip=strings["local-ip"], local_port=port, helo=strings["helo"], sender=strings["sender"],
+                rcpt=strings["rcpt"], user=strings["user"], secret=strings["password"],
+                bearer=bool(body.get("bearer")))
+        except ValueError as exc:
+            return _json(400, {"error": str(exc)})
+        return _json(200, {"lines": lines})
 
 
 async def _body(request: web.Request) -> dict[str, Any]:
