@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import logging
 from typing import TYPE_CHECKING, Generator
 
@@ -301,6 +302,8 @@ def _record_attempt(s: "Session", mech: str, user: str, result: str, reason: str
 def _quote(text: str) -> str:
     """Quoted, escaped and bounded, so a hostile username cannot forge log fields or lines."""
     text = text[:256]
+    if text.isascii() and text.isprintable() and '"' not in text and "\\" not in text:
+        return f'"{text}"'          # the usual name: nothing to escape (one C pass instead of a loop)
     out = ['"']
     for ch in text:
         if ch in '"\\':
@@ -318,4 +321,10 @@ def _with_origin(s: "Session", creds: Credentials) -> Credentials:
     ``dataclasses.replace`` costs as much as the rest of a cached PLAIN check (hot path, bench (a))."""
     v = s.vars
     return Credentials(creds.mechanism, creds.username, creds.secret, creds.kind, creds.authzid,
-                       Origin(str(v.remote_ip), s.remote_port, str(v.local_ip), v.local_port))
+                       Origin(_text(v.remote_ip), s.remote_port, _text(v.local_ip), v.local_port))
+
+
+@functools.lru_cache(maxsize=4096)
+def _text(ip: object) -> str:
+    """str() of an address: ipaddress formats it in Python (~1.5 µs), and the same few recur."""
+    return str(ip)
