@@ -64,7 +64,7 @@ class SmtpConnection(asyncio.Protocol):
         """Plain listeners: at accept. Implicit TLS: after the handshake (the connection was counted at
         accept by server/tls_listener.py)."""
         self.transport = transport
-        addresses = self._addresses()           # once: each get_extra_info("peername") is a syscall
+        addresses = self._addresses()           # once: the guard and the session both need the peer
         if not self.registered:
             guard = self.server.guard
             if guard is not None and self.ticket is None and not self._admit(guard, addresses[0]):
