@@ -75,6 +75,9 @@ def load_settings(args: argparse.Namespace):
     return load_file(defaults.ensure(getattr(args, "data_dir", None) or _default_data_dir()))
 
 
+_load = load_settings  # the name sub-command modules written against the earlier cli.py use
+
+
 # -- parser and main --------------------------------------------------------------------------------
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="smtpgate", description="SMTP server with a Stalwart-style AUTH stage")
@@ -231,7 +234,10 @@ def ready_listeners(server: Any) -> str:
     from .startup import format_address
     parts = []
     for ident, listener in server.settings.listeners.items():
-        ports = server.ports(ident)
+        try:
+            ports = server.ports(ident)
+        except (KeyError, AttributeError):  # a listener served by another component: its configured ports
+            ports = []
         addrs = [format_address(host, ports[i] if i < len(ports) else port)
                  for i, (host, port) in enumerate(listener.binds)]
         tls = " (implicit TLS)" if listener.tls.implicit else " (STARTTLS)" if listener.tls.enable else ""

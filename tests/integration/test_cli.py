@@ -681,12 +681,12 @@ def _private_netns_works() -> bool:
 def embedded(tmp_path_factory):
     data = tmp_path_factory.mktemp("embedded") / "data"
     cmd = [PYTHON, "-c", DRIVER, SMTPGATE, str(data)]
-    if not _ports_free():
-        # Another smtpgate (or anything) holds 2525/5870/4650 here: run in a private network namespace,
-        # where the loopback ports are ours, if this machine allows it.
-        if not _private_netns_works():
-            pytest.skip("ports 2525/5870/4650 are busy and no private network namespace is available")
+    # A private network namespace when the machine allows one: there the loopback ports 2525/5870/4650
+    # are ours alone (another smtpgate started between a "free?" check and ours would answer instead).
+    if _private_netns_works():
         cmd = ["unshare", "--net", "sh", "-c", 'ip link set lo up && exec "$@"', "sh", *cmd]
+    elif not _ports_free():
+        pytest.skip("ports 2525/5870/4650 are busy and no private network namespace is available")
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=90)
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
