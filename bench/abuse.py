@@ -169,7 +169,12 @@ async def _attacker(port: int, source: str, deadline: float, pause: float, stats
             writer.close()
 
 
+ATTACKER_NICE = 0      # --attacker-nice: the attack's client process yields the CPU like another host would
+
+
 def _run_clients(kind: str, port: int, seconds: float, n: int, pause: float, queue: mp.Queue) -> None:
+    if kind == "attack" and ATTACKER_NICE:
+        os.nice(ATTACKER_NICE)
     async def main() -> dict:
         deadline = time.monotonic() + seconds
         if kind == "good":
@@ -337,9 +342,14 @@ def main() -> int:
     ap.add_argument("--refusals", type=int, default=3000)
     ap.add_argument("--auth-rate", default="100/1d", help="server.auto-ban.auth.rate")
     ap.add_argument("--wait", default="1s", help="session.auth.errors.wait")
+    ap.add_argument("--attacker-nice", type=int, default=0,
+                    help="nice value for the attacking client process (0-19): on a 2-core machine the attack's own "
+                         "client competes with the servers for CPU; a high value approximates attackers on another host")
     ap.add_argument("--json-out")
     ap.add_argument("--keep", action="store_true", help="keep the nodes' logs and configuration (path printed)")
     args = ap.parse_args()
+    global ATTACKER_NICE
+    ATTACKER_NICE = args.attacker_nice
     rate_count = int(args.auth_rate.split("/")[0])
 
     tmp = Path(tempfile.mkdtemp(prefix="smtpgate-nodes-bench-"))

@@ -27,12 +27,13 @@ from .config.load import load_file
 
 def _commands() -> list[Callable[[Any], None]]:
     """The sub-commands, in ``--help`` order: one ``register(subparsers)`` each."""
-    from . import abusecli, usercli
+    from . import abusecli, opscli, usercli
     return [
         _register_serve,
         _register_check_config,
         usercli.register,
         abusecli.register,
+        opscli.add_parsers,     # explain, spool, reload
     ]
 
 
@@ -134,7 +135,9 @@ def _register_serve(sub: Any) -> None:
                            description="Run the server in the foreground. It logs one 'smtpgate ready:' "
                                        "line naming its listeners once it accepts connections.")
     add_config_options(serve)
-    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.add_argument("--log-level", default=None, choices=["debug", "info", "warning", "error"],
+                       help="default: server.log.level, else info")
+    serve.add_argument("--pid-file", help="for smtpgate reload (default: <data dir>/smtpgate.pid if that dir exists)")
     serve.set_defaults(run=_serve)
 
 
@@ -155,6 +158,18 @@ def _setup_logging(level: str):
     return handler
 
 
+def _apply_log_settings(settings: Any, cli_level: str | None, handler: Any) -> Any:
+    """server.log.* (format, output, level): see observe/logsetup.py. Returns the handler in use."""
+    from .observe import logsetup
+    try:
+        handler = logsetup.apply(settings.observe.log, cli_level, handler)
+    except OSError as exc:
+        raise ConfigError("server.log.syslog.socket", f"cannot reach {settings.observe.log.syslog_socket}: "
+                                                      f"{exc.strerror or exc}") from None
+    atexit.register(logsetup.stop)
+    return handler
+
+
 def _serve(args: argparse.Namespace) -> int:
     from .startup import StartupError, check_binds, check_paths
 
@@ -165,7 +180,8 @@ def _serve(args: argparse.Namespace) -> int:
     except StartupError as exc:
         print(f"smtpgate: cannot start: {exc}", file=sys.stderr)
         return 1
-    handler = _setup_logging(args.log_level.upper())
+    handler = _setup_logging((args.log_level or "info").upper())
+    handler = _apply_log_settings(settings, args.log_level, handler)
     handler.pause()  # startup progress is written once the server is up (or dropped if it is not)
     try:
         import uvloop  # optional: a faster event loop when installed
@@ -173,7 +189,7 @@ def _serve(args: argparse.Namespace) -> int:
     except ImportError:
         runner = asyncio.run
     try:
-        return runner(_run(settings, handler))
+        return runner(_run(settings, handler, args))
     except ConfigError:
         handler.resume(drop_below=logging.WARNING)
         handler.close()
@@ -204,8 +220,9 @@ def _startup_reason(settings: Any, exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-async def _run(settings: Any, handler: Any) -> int:
+async def _run(settings: Any, handler: Any, args: Any = None) -> int:
     from .server import Server
+    from .service import Service
     server = Server(settings)
     try:
         await server.start()
@@ -220,12 +237,16 @@ async def _run(settings: Any, handler: Any) -> int:
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    service = Service(server, settings, getattr(args, "pid_file", None), getattr(args, "data_dir", None))
+    service.started()  # pid file, run-as, SIGHUP reload, READY=1 to systemd
     log = logging.getLogger("smtpgate")
     log.info("smtpgate ready: %s (configuration %s)", ready_listeners(server), settings.source)
     handler.resume()
     await stop.wait()
     log.info("stopping: no new connections, %d sessions finishing", server.connection_count)
+    service.stopping()
     await server.stop()
+    service.stopped()
     return 0
 
 

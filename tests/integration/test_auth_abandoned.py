@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import re
 import socket
 import struct
 import time
@@ -93,7 +94,7 @@ def test_abandoned_attempt_is_logged_with_its_verdict(srv, store, password, verd
     assert store.finished == ["victim@example.org"]         # the lookup ran to its end
     line, = auth_lines(srv)
     assert 'user="victim@example.org" result=abandoned ' in line
-    assert line.endswith(f'reason="verdict {verdict}"')
+    assert re.search(f' reason="verdict {verdict}" session=[0-9A-F]+$', line), line
     assert password not in line
     assert srv.server.connection_count == 0
 
@@ -119,4 +120,4 @@ def test_tls_client_closing_before_the_verdict(srv, store):
     while not auth_lines(srv) and time.monotonic() < deadline:
         time.sleep(0.02)
     line, = auth_lines(srv)
-    assert 'user="tls@example.org" result=abandoned ' in line and line.endswith('reason="verdict invalid"')
+    assert 'user="tls@example.org" result=abandoned ' in line and re.search(' reason="verdict invalid" session=[0-9A-F]+$', line)

@@ -32,7 +32,7 @@ WRONG = "Wrong-7d21e0-never-log-me"
 
 LINE = re.compile(r'INFO smtpgate\.auth: auth listener=(?P<listener>\S+) remote=(?P<ip>\S+) port=(?P<port>\d+) '
                   r'mechanism=(?P<mech>\S+) user=(?P<user>"(?:[^"\\]|\\.)*") result=(?P<result>\w+) '
-                  r'failures=(?P<failures>\d+)(?: reason="(?:[^"\\]|\\.)*")?$')
+                  r'failures=(?P<failures>\d+)(?: reason="(?:[^"\\]|\\.)*")? session=(?P<session>[0-9A-F]{12})$')
 
 
 def auth_lines(logs: list[str]) -> list[re.Match]:
@@ -144,9 +144,13 @@ def _attempts(port: int, host: str) -> int:
     forged = "a remote=10.9.9.9 port=1 mechanism=PLAIN user=\"\" result=invalid failures=1"
     assert c.cmd(f"AUTH LOGIN {b64(forged)}") == PASSWORD_PROMPT
     assert c.cmd(b64(WRONG)) == INVALID
+    assert c.cmd("MAIL FROM:<spammer@example.net>").startswith("250 ")
+    assert c.cmd("RCPT TO:<victim@elsewhere.example>").startswith("550 5.7.1")      # relay attempt: matched
+    assert c.cmd("RSET").startswith("250 ")
     assert c.cmd(f"AUTH PLAIN {plain_ir('john@example.org', PW)}") == OK   # success: never matched
+    assert c.cmd("MAIL FROM:<john@example.org> SIZE=999999999").startswith("552 ")  # size: never matched
     c.close()
-    return 5
+    return 6
 
 
 def test_fail2ban_filter_on_a_real_server_log(tmp_path):
@@ -207,7 +211,8 @@ path = "{tmp_path}/spool"
     ips = result.stdout.split()
     assert {ip: ips.count(ip) for ip in set(ips)} == expected       # 10.9.9.9 is never blamed
     summary = subprocess.run([regex_bin, str(log), str(FILTER)], capture_output=True, text=True, timeout=60)
-    assert re.search(r"Lines: \d+ lines, 0 ignored, 10 matched, \d+ missed", summary.stdout), summary.stdout
+    assert re.search(r"Lines: \d+ lines, 0 ignored, 12 matched, \d+ missed", summary.stdout), summary.stdout
+    assert text.count("reason=relay-denied") == 2 and text.count("reason=size") == 2
 
     # The same lines as syslog (or the journal) keeps smtpgate's stderr: "<date> host smtpgate[pid]: <line>".
     syslog = tmp_path / "syslog"

@@ -521,8 +521,11 @@ def test_invalid_bind_address():
 @pytest.mark.parametrize("base,line", [
     ('[server]\nhostname = "x"\n', "server.listener: no listener defined"),
     ('[server.listener.a]\nprotocol = "smtp"\n', 'server.listener.a.bind: missing (e.g. "127.0.0.1:587")'),
-    ('[server.listener.a]\nbind = "127.0.0.1:0"\nprotocol = "http"\n',
-     "server.listener.a.protocol: unsupported protocol 'http' (use \"smtp\" or \"lmtp\")"),
+    ('[server.listener.a]\nbind = "127.0.0.1:0"\nprotocol = "imap"\n',
+     "server.listener.a.protocol: unsupported protocol 'imap' (use \"smtp\", \"lmtp\" or \"http\")"),
+    ('[server.listener.a]\nbind = "0.0.0.0:0"\nprotocol = "http"\n',
+     "server.listener.a.bind: 0.0.0.0:0 is not a loopback address; the management listener serves metrics and an "
+     "admin API: bind it to 127.0.0.1/[::1], or set server.management.allow-remote = true (and a token)"),
     ('[server.listener.a]\nbind = "127.0.0.1:0"\nmax-connections = 0\n',
      "server.listener.a.max-connections: must be greater than 0"),
     ('[server.listener."a b"]\nbind = "127.0.0.1:0"\n',

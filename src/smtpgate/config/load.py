@@ -17,7 +17,8 @@ from collections.abc import Callable
 from typing import Any
 
 from . import abuse as config_abuse
-from . import values
+from . import observe as observe_config
+from . import runas, values
 from .errors import ConfigError
 from .ifblock import MAIL, Scope, compile_setting
 from .model import (CacheSettings, CertificateSettings, DatabaseSettings, DirectorySettings, Expr, ListenerSettings,
@@ -129,6 +130,8 @@ class _Builder:
             queue_path = os.path.join(self.base_dir, queue_path)
         next_hop = self.next_hop(scope, remotes)
         abuse = config_abuse.build(self.take, self.has, self.flat, scope, queue_path)
+        run_as = runas.parse(self)
+        observe = observe_config.parse(self, listeners)
         for key in self.flat:
             # An empty table of a known section (a header whose keys are all commented out) is harmless.
             if not (self.flat[key] == {} and _known_table(key)):
@@ -136,7 +139,7 @@ class _Builder:
         return Settings(hostname=hostname, greeting=greeting, listeners=listeners, certificates=certificates,
                         session=session, lists=lists, databases=databases, remotes=remotes,
                         directories=directories, queue_path=queue_path, next_hop=next_hop,
-                        shutdown_grace=grace, source=self.source, abuse=abuse)
+                        shutdown_grace=grace, source=self.source, abuse=abuse, run_as=run_as, observe=observe)
 
     def certificates(self) -> dict[str, CertificateSettings]:
         out = {}
@@ -198,8 +201,9 @@ class _Builder:
             base = f"server.listener.{ident}"
             binds = self.required(f"{base}.bind", values.binds, "missing (e.g. \"127.0.0.1:587\")")
             protocol = values.string(f"{base}.protocol", self.take(f"{base}.protocol", "smtp"))
-            if protocol not in ("smtp", "lmtp"):
-                raise ConfigError(f"{base}.protocol", f"unsupported protocol {protocol!r} (use \"smtp\" or \"lmtp\")")
+            if protocol not in ("smtp", "lmtp", "http"):   # http: the management listener (observe/)
+                raise ConfigError(f"{base}.protocol",
+                                  f"unsupported protocol {protocol!r} (use \"smtp\", \"lmtp\" or \"http\")")
             tls = self.tls(f"{base}.tls", default_tls, certificates)
             if tls.enable and tls.certificate is None:
                 if len(certificates) == 1:

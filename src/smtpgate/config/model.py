@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .directory import LdapSettings, OAuthSettings, UserStoreSettings
+from .observe import ObserveSettings
 
 
 class Expr:
@@ -165,3 +166,5 @@ class Settings:
     shutdown_grace: float = 30.0                    # server.shutdown-grace
     source: str = ""                                # where the config came from (for logs)
     abuse: Any = None                               # config.abuse.AbuseSettings: throttles, auto-ban, store
+    run_as: Any = None                              # server.run-as.* (config.runas.RunAs | None)
+    observe: ObserveSettings = field(default_factory=ObserveSettings)  # server.management.*, server.log.*

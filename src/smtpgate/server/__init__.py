@@ -29,6 +29,7 @@ from ..delivery.nexthop import NextHop
 from ..delivery.spool import Spool
 from ..lookup import registry
 from ..lookup.base import Lookup
+from ..observe.observer import Observer
 from ..session.context import ListenerContext
 from ..session.requests import Deliver
 from .clock import Clock
@@ -53,6 +54,7 @@ class Server:
         self._next_hops: dict[str, Delivery] = {}
         self._servers: dict[str, list[asyncio.AbstractServer]] = {}
         self._ssl_contexts: dict[str, ssl.SSLContext] = {}
+        self._contexts: dict[str, ListenerContext] = {}   # current per listener; swapped by reload.py
         self._connections: set[SmtpConnection] = set()
         self._per_listener: dict[str, int] = {}
         self._sweeper: Any = None
@@ -62,6 +64,7 @@ class Server:
         self._verdicts: set[asyncio.Task] = set()   # lookups judging credentials of clients gone
         self._budget_warned = False
         self.guard = None               # abuse.guard.Guard: throttles, bans (config/abuse.py)
+        self.observer = Observer(self)          # metrics, log events, the management (http) listener
 
     # -- life cycle ----------------------------------------------------------------------------------
     async def start(self) -> "Server":
@@ -83,41 +86,56 @@ class Server:
         for ident, remote in s.remotes.items():
             if remote.protocol in ("smtp", "lmtp") and self._custom_delivery is None:
                 self._next_hops[f"remote/{ident}"] = NextHop(remote, s.hostname)
-        loop = asyncio.get_running_loop()
         for ident, listener in s.listeners.items():
+            if listener.protocol == "http":
+                continue                        # the management listener: observe/, started below
             ssl_ctx = None
             if listener.tls.enable:
                 ssl_ctx = server_context(s.certificates[listener.tls.certificate], listener.tls)
                 self._ssl_contexts[ident] = ssl_ctx
-            ctx = ListenerContext(s, listener, self.lookups, starttls_available=ssl_ctx is not None)
+            ctx = self._contexts[ident] = self._context(s, listener, self.lookups, ssl_ctx)
             servers = []
             for host, port in listener.binds:
-                family = socket.AF_INET6 if ":" in host else socket.AF_INET
-                make = lambda ctx=ctx: SmtpConnection(self, ctx)  # noqa: E731
-                srv: Any
-                if listener.proxy is not None:      # PROXY header first (then TLS): server/proxy.py
-                    from .proxy import ProxyServer
-                    srv = await ProxyServer.create(self, ctx, host, port, ssl_ctx if listener.tls.implicit else None)
-                elif listener.tls.implicit:
-                    # Counted from accept, while it handshakes: see tls_listener.py.
-                    srv = TlsListener(self, make, host, port, ssl_ctx, listener.tls.timeout)
-                else:
-                    srv = await loop.create_server(make, host, port, family=family, reuse_address=True,
-                                                   backlog=1024)
-                servers.append(srv)
-                for sock in srv.sockets:
-                    log.info("listener %s on %s (%s%s)", ident, _fmt(sock.getsockname()), listener.protocol,
-                             ", implicit TLS" if listener.tls.implicit else ", STARTTLS" if ssl_ctx else "")
+                servers.append(await self._listen(ctx, ssl_ctx, host, port))
             self._servers[ident] = servers
             socks = [sock for srv in servers for sock in srv.sockets]
             if len(socks) == 1:
                 host, port = socks[0].getsockname()[:2]
                 if host not in ("0.0.0.0", "::"):
                     ctx.local_addr = (host, port)
+        self._servers.update(await self.observer.start())
         self._sweeper = self.clock.call_later(SWEEP_INTERVAL, self._sweep)
         # Logged once serving: a start that fails ends with its own error line, not this one.
         log.info("file descriptors: %s; up to %d connections at once", nofile_note, self._connection_budget)
         return self
+
+    def _context(self, settings: Settings, listener: Any, lookups: dict[str, Lookup],
+                 ssl_ctx: ssl.SSLContext | None) -> ListenerContext:
+        """What every session of a listener shares (also built by reload.py for a new configuration)."""
+        ctx = ListenerContext(settings, listener, lookups, starttls_available=ssl_ctx is not None)
+        ctx.events = self.observer.listener(listener.id)     # log lines and metrics (observe/)
+        return ctx
+
+    async def _listen(self, ctx: ListenerContext, ssl_ctx: ssl.SSLContext | None, host: str, port: int) -> Any:
+        """One listening socket of a listener (also used by reload.py for added addresses)."""
+        listener = ctx.listener
+        # the listener's context current at accept time (a reload swaps it: reload.py)
+        make = lambda ident=listener.id: SmtpConnection(self, self._contexts.get(ident, ctx))  # noqa: E731
+        srv: Any
+        if listener.proxy is not None:      # PROXY header first (then TLS): server/proxy.py
+            from .proxy import ProxyServer
+            srv = await ProxyServer.create(self, ctx, host, port, ssl_ctx if listener.tls.implicit else None)
+        elif listener.tls.implicit:
+            # Counted from accept, while it handshakes: see tls_listener.py.
+            srv = TlsListener(self, make, host, port, ssl_ctx, listener.tls.timeout)
+        else:
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            srv = await asyncio.get_running_loop().create_server(make, host, port, family=family,
+                                                                 reuse_address=True, backlog=1024)
+        for sock in srv.sockets:
+            log.info("listener %s on %s (%s%s)", listener.id, _fmt(sock.getsockname()), listener.protocol,
+                     ", implicit TLS" if listener.tls.implicit else ", STARTTLS" if ssl_ctx else "")
+        return srv
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop accepting, let sessions finish for ``grace`` seconds, then close the rest."""
@@ -141,6 +159,7 @@ class Server:
             for task in late:
                 task.cancel()
             await asyncio.gather(*late, return_exceptions=True)   # done before the lookups close
+        await self.observer.stop()
         for servers in self._servers.values():
             for srv in servers:
                 try:
@@ -167,6 +186,11 @@ class Server:
 
     async def __aexit__(self, *exc: Any) -> None:
         await self.stop(grace=1.0)
+
+    async def reload(self, path: str) -> bool:
+        """Re-read ``path`` and serve new sessions with it (see ``smtpgate.reload``)."""
+        from ..reload import reload
+        return await reload(self, path)
 
     async def serve_forever(self) -> None:
         await self._stopped.wait()

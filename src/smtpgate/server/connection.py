@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import TYPE_CHECKING, Any
 
 from ..executor import run_sync
@@ -71,6 +72,8 @@ class SmtpConnection(asyncio.Protocol):
                 return
             if not self.server._register(self):
                 self.closed = True
+                peer = transport.get_extra_info("peername") or ("", 0)
+                self.ctx.events.connection_refused("max-connections", peer[0], peer[1])
                 transport.write(R.TOO_MANY_CONNECTIONS)
                 transport.close()
                 return
@@ -87,6 +90,7 @@ class SmtpConnection(asyncio.Protocol):
         transport = self.transport
         ticket = self.ticket = guard.admit(peer[0], self.ctx.listener.id, *self.local_end(guard))
         if ticket.refusal is not None:
+            self.ctx.events.refused_by_reply(ticket.refusal, peer[0], peer[1])
             self.closed = True
             transport.write(ticket.refusal)
             transport.close()
@@ -102,6 +106,8 @@ class SmtpConnection(asyncio.Protocol):
         if self.closed:
             return
         if refusal is not None:
+            peer = self._addresses(local=False)[0]
+            self.ctx.events.refused_by_reply(refusal, peer[0], peer[1])
             self.closed = True
             self.transport.write(refusal)
             self.transport.close()
@@ -182,6 +188,7 @@ class SmtpConnection(asyncio.Protocol):
             self.pending = None
         if s is not None:
             s.abandon()
+            s.events.closed()
         self.server._unregister(self)
 
     def pause_writing(self) -> None:
@@ -202,7 +209,7 @@ class SmtpConnection(asyncio.Protocol):
                 req = s.advance(answer)
                 if req is None or req is PAUSE:
                     break
-                answer = _answer_now(req) if type(req) not in GUARD_REQUESTS else \
+                answer = _answer_now(req, self.server.observer) if type(req) not in GUARD_REQUESTS else \
                     self.server.guard.answer_now(req, _LATER)
                 if answer is _LATER:
                     break
@@ -250,8 +257,13 @@ class SmtpConnection(asyncio.Protocol):
 
     async def _serve(self, req: Any) -> None:
         """Perform one async request and resume the session with its answer."""
+        observer = self.server.observer
+        timed = observer.enabled and type(req) in _LOOKUPS
+        started = time.monotonic() if timed else 0.0
         try:
             value = await self._perform(req)
+            if timed:
+                observer.lookup_answered(req.lookup.name, _outcome(value), time.monotonic() - started)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -286,7 +298,9 @@ class SmtpConnection(asyncio.Protocol):
         if kind is StartTls:
             return await self._handshake()
         if kind is Deliver:
-            return await self.server._deliver(req)
+            results = await self.server._deliver(req)
+            self.session.events.delivered(req.envelope, req.next_hop, results)
+            return results
         if kind in GUARD_REQUESTS:
             return await self.server.guard.perform(req)
         raise TypeError(f"unknown request {req!r}")
@@ -304,6 +318,7 @@ class SmtpConnection(asyncio.Protocol):
         except (OSError, asyncio.TimeoutError, ConnectionError, Exception) as exc:  # noqa: BLE001
             log.info("STARTTLS handshake failed from %s: %s", self._addresses(local=False)[0][0] or "?",
                      type(exc).__name__)
+            self.session.events.starttls(None)
             self.closed = True
             try:
                 self.transport.abort()
@@ -314,7 +329,9 @@ class SmtpConnection(asyncio.Protocol):
         self.transport = transport
         transport.set_write_buffer_limits(high=OUTPUT_HIGH_WATER)
         self.reading_paused = False
-        return tls_info(transport.get_extra_info("ssl_object"))
+        info = tls_info(transport.get_extra_info("ssl_object"))
+        self.session.events.starttls(info)
+        return info
 
     def _not_smtp(self, first: bytes) -> bool:
         """A first input that is HTTP or a TLS hello (server.auto-ban.scan.*): counted, answered, closed."""
@@ -324,6 +341,7 @@ class SmtpConnection(asyncio.Protocol):
             return False
         log.info("not SMTP from %s (%s): closing", self.session.vars.remote_ip, kind)
         guard.offence_soon("scan", self.session.vars.remote_ip)
+        self.session.events.refused("not-smtp", detail=kind)
         self._abort(None if kind == "tls" else NOT_SMTP)
         return True
 
@@ -331,6 +349,8 @@ class SmtpConnection(asyncio.Protocol):
     def _flush(self) -> None:
         out = self.session.out
         if out:
+            if self.session.events.debug:
+                self.session.events.sent(out)
             self.transport.write(b"".join(out) if len(out) > 1 else out[0])
             out.clear()
 
@@ -347,6 +367,8 @@ class SmtpConnection(asyncio.Protocol):
     def _close(self) -> None:
         self.transport.close()
         self.closed = True
+        if self.session is not None:
+            self.session.events.closed()
         # The session is over now. A TLS transport may linger until the peer answers close_notify (or
         # the shutdown timeout passes); that must neither hold a max-connections slot nor delay a stop.
         self.server._unregister(self)
@@ -380,19 +402,24 @@ class SmtpConnection(asyncio.Protocol):
 _LATER = object()
 
 
-def _answer_now(req: Any) -> Any:
+def _answer_now(req: Any, observer: Any) -> Any:
     """A lookup's synchronous answer when it has one (in-memory list, cache hit), else _LATER."""
     kind = type(req)
     try:
         if kind is Authenticate:
             result = req.lookup.authenticate_now(req.creds)
-            return _LATER if result is None else result
-        if kind is Contains:
+        elif kind is Contains:
             result = req.lookup.contains_now(req.key)
-            return _LATER if result is None else result
-        if kind is GetSecret:
+        elif kind is GetSecret:
             result = req.lookup.get_secret_now(req.username)
-            return _LATER if result is None else result[0]
+            result = None if result is None else result[0] if result[0] is not None else _NONE
+        else:
+            return _LATER
+        if result is None:
+            return _LATER
+        if observer.enabled:            # counted, not timed
+            observer.lookup_answered(req.lookup.name, _outcome(result))
+        return None if result is _NONE else result
     except Exception:  # noqa: BLE001 - a failing fast path falls back to the ordinary one
         log.exception("fast path of %s failed", getattr(req.lookup, "name", "?"))
     return _LATER
@@ -401,3 +428,17 @@ def _answer_now(req: Any) -> Any:
 def _bound(lookup: Any) -> float:
     # Each lookup bounds its own operations; this outer bound only guards against one that forgets.
     return float(getattr(lookup, "timeout", 30.0)) + 5.0
+
+
+_LOOKUPS = (Authenticate, GetSecret, Contains)
+_NONE = object()                # get_secret_now's "(None,)": known now, and unknown user
+
+
+def _outcome(answer: Any) -> str:
+    """A lookup answer as a metric outcome: positive (valid / found / member), negative, unavailable."""
+    if answer is UNAVAILABLE:
+        return "unavailable"
+    if isinstance(answer, AuthResult):
+        return "positive" if answer.outcome is Outcome.VALID else \
+            "unavailable" if answer.outcome is Outcome.UNAVAILABLE else "negative"
+    return "positive" if answer and answer is not _NONE else "negative"

@@ -68,10 +68,12 @@ class TlsListener:
                 # Banned/blocked address, concurrency throttle (abuse/guard.py): refused before any handshake.
                 conn.ticket = guard.admit(addr[0], conn.ctx.listener.id, *conn.local_end(guard, sock))
                 if conn.ticket.refusal is not None:
+                    conn.ctx.events.refused_by_reply(conn.ticket.refusal, addr[0], addr[1])
                     self._server._unregister(conn)      # gives the guard's slots back
                     sock.close()
                     continue
             if not self._server._register(conn):
+                conn.ctx.events.connection_refused("max-connections", addr[0], addr[1])
                 self._server._unregister(conn)
                 sock.close()                   # the cheapest refusal: no handshake, no reply
                 continue
@@ -85,6 +87,7 @@ class TlsListener:
         try:
             if conn.ticket is not None and conn.ticket.pending is not None:
                 if await self._server.guard.connect_rate(conn.ticket) is not None:   # connect-rate throttle
+                    conn.ctx.events.connection_refused("throttled", *sock.getpeername()[:2], kind="rate")
                     sock.close()
                     self._server._unregister(conn)
                     return
@@ -96,6 +99,7 @@ class TlsListener:
             raise
         except Exception as exc:  # noqa: BLE001 - a client that cannot or will not handshake
             log.info("TLS handshake failed: %s", type(exc).__name__)
+            conn.ctx.events.tls_failed("implicit")
             sock.close()
             self._server._unregister(conn)
         finally:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
-import logging
 from typing import TYPE_CHECKING, Generator
 
 from .. import sasl
@@ -34,8 +33,6 @@ from .requests import UNAVAILABLE, Authenticate, Compute, GetSecret, ReadLine, S
 
 if TYPE_CHECKING:
     from .machine import Session
-
-log = logging.getLogger("smtpgate.auth")
 
 
 def configured(s: "Session") -> tuple[str, ...]:
@@ -291,29 +288,7 @@ def _record_attempt(s: "Session", mech: str, user: str, result: str, reason: str
     """Where every AUTH attempt's outcome is reported, once: ``success``, ``invalid``, ``tempfail``,
     ``cancelled``, ``malformed``, or ``abandoned`` (the client left before the lookup's verdict, which
     ``reason`` then gives). The hook for cross-session counters (throttles, auto-ban: issue 11)."""
-    if not log.isEnabledFor(logging.INFO):
-        return
-    extra = f" reason={_quote(reason)}" if reason else ""
-    log.info("auth listener=%s remote=%s port=%d mechanism=%s user=%s result=%s failures=%d%s",
-             s.ctx.listener.id, s.vars.remote_ip, s.remote_port, mech, _quote(user), result,
-             s.auth_failures, extra)
-
-
-def _quote(text: str) -> str:
-    """Quoted, escaped and bounded, so a hostile username cannot forge log fields or lines."""
-    text = text[:256]
-    if text.isascii() and text.isprintable() and '"' not in text and "\\" not in text:
-        return f'"{text}"'          # the usual name: nothing to escape (one C pass instead of a loop)
-    out = ['"']
-    for ch in text:
-        if ch in '"\\':
-            out.append("\\" + ch)
-        elif " " <= ch <= "~":
-            out.append(ch)
-        else:
-            out.append(f"\\x{ord(ch):02x}" if ord(ch) < 256 else f"\\u{ord(ch):04x}")
-    out.append('"')
-    return "".join(out)
+    s.events.auth(mech, user, result, s.auth_failures, reason)   # the "auth ..." line and its metrics
 
 
 def _with_origin(s: "Session", creds: Credentials) -> Credentials:

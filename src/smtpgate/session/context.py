@@ -22,3 +22,5 @@ class ListenerContext:
         #: the listener-wide params when every connect-time setting is a constant, else None
         self.shared_params = (SessionParams(settings.session, lookups, None)
                               if connect_time_constant(settings.session) else None)
+        from ..observe.events import default_listener_events
+        self.events = default_listener_events(listener.id)   # the server sets a counting one (observe/)

@@ -191,7 +191,7 @@ class Session:
                  "auth_account", "auth_addresses", "auth_failures", "errors", "auth_mechanism", "mail_from",
                  "mail_params", "auth_param", "rcpts", "messages", "reader", "eof", "_handler", "_awaiting_input", "closing",
                  "gone", "_request", "started", "_last_input", "_line_started", "_consumed_mark", "_data_started", "_data_mark",
-                 "__weakref__")
+                 "events", "__weakref__")
 
     def __init__(self, ctx: ListenerContext, remote_ip: str, remote_port: int, local_ip: str, local_port: int,
                  tls: TlsInfo | None = None, now: float = 0.0):
@@ -202,6 +202,8 @@ class Session:
         self.state = State.CONNECTED
         self.closing = False                       # state is CLOSED (a plain attribute: read per command)
         self.tls = tls
+        # observe.events.SessionEvents: log lines and metrics, emitted where commands are answered
+        self.events = ctx.events.open(self.vars.remote_ip or remote_ip, remote_port, tls)
         self.auth_failures = 0
         self.errors = 0                            # bad commands so far (session.errors.total)
         self.messages = 0
@@ -418,14 +420,17 @@ class Session:
                     self._note_partial_line()
                     return None
                 budget -= 1
+                self.events.command(line)
                 gen = self.handle(line)
                 if gen is None:
+                    self.events.answered(self.out)
                     continue
                 answer = None
             try:
                 req = gen.send(answer)
             except StopIteration:
                 gen = None
+                self.events.answered(self.out)
                 continue
             kind = type(req)
             if kind is ReadLine or kind is ReadData:
