@@ -90,6 +90,7 @@ class Guard:
         self._prefix = a.ipv6_prefix
         self._task: asyncio.Task | None = None
         self.ip_key = functools.lru_cache(maxsize=65536)(self._ip_key)
+        self._auth_window = a.auth_window       # a property of the settings: read once, not per AUTH
 
     # -- addresses ----------------------------------------------------------------------------------------
     def _ip_key(self, ip: Any) -> str:
@@ -218,9 +219,9 @@ class Guard:
         if not self.tracks_auth or self._exempt(remote_ip):
             return GateAnswer("ok", wait)
         ip = self.ip_key(remote_ip)
-        window = self.settings.auth_window
+        window = self._auth_window
         login_l = login.lower()[:320]
-        login_key = hashlib.blake2b(login_l.encode("utf-8", "surrogatepass"), digest_size=12).hexdigest()
+        login_key = _login_key(login_l)
         fp = self._fingerprint(login_l, secret) if secret is not None else None
         hits = [Hit(f"a:ip:{ip}", window, f"a:ipfp:{ip}:{fp}" if fp else None)]
         if login_l and self._auth_limit is not None:
@@ -368,6 +369,13 @@ def ip_key(ip: Any, ipv6_prefix: int = 64) -> str:
             return str(ip.ipv4_mapped)
         return str(ipaddress.ip_network(f"{ip}/{ipv6_prefix}", strict=False))
     return str(ip)
+
+
+@functools.lru_cache(maxsize=65536)
+def _login_key(login_l: str) -> str:
+    """A login's counting key (a digest: names of any length make keys of one size). Cached: the same
+    logins come back all day, and each digest is a hash object built and thrown away."""
+    return hashlib.blake2b(login_l.encode("utf-8", "surrogatepass"), digest_size=12).hexdigest()
 
 
 def _counts(counts: dict[str, int]) -> str:

@@ -25,6 +25,7 @@ class ListLookup(Lookup):
         self.name = f"list/{settings.id}"
         self._users: dict[str, tuple[str, str]] = {}   # lower-cased name -> (name as written, stored)
         self._members: set[str] = set()
+        self._valid: dict[str, AuthResult] = {}        # name as written -> its VALID answer (see _granted)
         for entry in settings.entries:
             user, colon, stored = entry.partition(":")
             user = user.strip()
@@ -64,7 +65,7 @@ class ListLookup(Lookup):
             return INVALID
         name, stored = found
         if await secrets.verify(stored, creds.secret):
-            return AuthResult(Outcome.VALID, account=name, addresses=self._addresses(name))
+            return self._granted(name)
         return INVALID
 
     def authenticate_now(self, creds: Credentials) -> AuthResult | None:
@@ -79,7 +80,15 @@ class ListLookup(Lookup):
         ok = secrets.verify_now(stored, creds.secret)
         if ok is None:
             return None
-        return AuthResult(Outcome.VALID, account=name, addresses=self._addresses(name)) if ok else INVALID
+        return self._granted(name) if ok else INVALID
+
+    def _granted(self, name: str) -> AuthResult:
+        """An entry's VALID answer never changes (and AuthResult is frozen): built at its first login, not
+        at every one -- this is the hot path of a plaintext list (bench (a))."""
+        result = self._valid.get(name)
+        if result is None:
+            result = self._valid[name] = AuthResult(Outcome.VALID, account=name, addresses=self._addresses(name))
+        return result
 
     def get_secret_now(self, username: str) -> tuple[SecretRecord | None]:
         return (self._record(username),)

@@ -65,9 +65,10 @@ class SmtpConnection(asyncio.Protocol):
         """Plain listeners: at accept. Implicit TLS: after the handshake (the connection was counted at
         accept by server/tls_listener.py)."""
         self.transport = transport
+        addresses = self._addresses()           # once: the guard and the session both need the peer
         if not self.registered:
             guard = self.server.guard
-            if guard is not None and self.ticket is None and not self._admit(guard):
+            if guard is not None and self.ticket is None and not self._admit(guard, addresses[0]):
                 return
             if not self.server._register(self):
                 self.closed = True
@@ -80,14 +81,13 @@ class SmtpConnection(asyncio.Protocol):
         self.pending = None                     # the handshake (implicit TLS) is over
         transport.set_write_buffer_limits(high=OUTPUT_HIGH_WATER)
         info = tls_info(transport.get_extra_info("ssl_object")) if self.ctx.listener.tls.implicit else None
-        self._start_session(info)
+        self._start_session(info, addresses)
 
-    def _admit(self, guard: Any) -> bool:
+    def _admit(self, guard: Any, peer: Any) -> bool:
         """The abuse guard's word at accept, before a session exists (plain listeners; implicit TLS asks
         in tls_listener.py, before the handshake): a banned or blocked address or a concurrency throttle
         is refused with one short line; a connect-rate throttle on a shared store is awaited first."""
         transport = self.transport
-        peer = self._addresses(local=False)[0]      # behind a PROXY header: the real client
         ticket = self.ticket = guard.admit(peer[0], self.ctx.listener.id, *self.local_end(guard))
         if ticket.refusal is not None:
             self.ctx.events.refused_by_reply(ticket.refusal, peer[0], peer[1])
@@ -134,9 +134,9 @@ class SmtpConnection(asyncio.Protocol):
         sock = self.ctx.local_addr or self.transport.get_extra_info("sockname") or ("", 0)
         return peer, sock
 
-    def _start_session(self, info: Any) -> None:
+    def _start_session(self, info: Any, addresses: tuple[Any, Any]) -> None:
         transport = self.transport
-        peer, sock = self._addresses()
+        peer, sock = addresses      # behind a PROXY header: the real client
         try:
             self.session = Session(self.ctx, peer[0], peer[1], sock[0], sock[1], info, now=self.server.clock.now())
         except Exception:
