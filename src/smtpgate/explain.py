@@ -133,9 +133,38 @@ async def explain(settings: Settings, text: str, source: str, *, listener_id: st
         if missing:
             out.append(f"    note: evaluated without {', '.join(missing)} "
                        f"(give {', '.join(sorted({_LATE_VARS[m] for m in missing}))})")
+    out.extend(_abuse_rows(settings.abuse, ctx, lines, source, given))
     if auth_lines:
         out.append("")
         out.extend(auth_lines)
+    return out
+
+
+def _abuse_rows(abuse: Any, ctx: Any, lines: dict[str, int], source: str, given: dict[str, Any]) -> list[str]:
+    """The ``session.*`` keys parsed with the abuse settings (``config/abuse.py``): the progressive wait
+    and each ``[[session.throttle]]``, with whether it applies to this client."""
+    if abuse is None:
+        return []
+    out = []
+    for key, value in (("session.auth.errors.wait-growth", abuse.wait_growth),
+                       ("session.auth.errors.wait-max", abuse.wait_max)):
+        out.append(f"{key} = {_show(float(value))}")
+        out.append(f"    {source}:{lines[key]}: {key}" if key in lines else "    built-in default (not set in the file)")
+    for t in abuse.throttles:
+        limits = [f"concurrency={t.concurrency}"] if t.concurrency is not None else []
+        if t.rate is not None:
+            limits.append(f"rate={t.rate}")
+        missing = sorted({v for v in t.keys if v in given and not given[v]})
+        if not t.enable:
+            verdict = "disabled (enable = false)"
+        elif t.match is not None and not t.match.evaluate(ctx):
+            verdict = "does not apply: match is false"
+        else:
+            verdict = f"applies, checked at {t.stage.upper() if t.stage != 'connect' else 'connect'}"
+        out.append(f"{t.path} = key={_show(list(t.keys))} {' '.join(limits)}: {verdict}")
+        out.append(f"    {source}:{lines[t.path]}: {t.path}" if t.path in lines else f"    {t.path}")
+        if missing:
+            out.append(f"    note: counted per {', '.join(missing)}, which this report was not given")
     return out
 
 

@@ -216,3 +216,37 @@ lookup = "directory/users"
     assert "account disabled (the secret is right)" in explain(conf, *base, "--user", "bob@example.test",
                                                                password="s3cret\n").stdout
     assert "unknown user" in explain(conf, *base, "--user", "carol@example.test", password="s3cret\n").stdout
+
+
+def test_throttles_and_progressive_wait_are_explained(tmp_path: Path) -> None:
+    extra = """
+[[session.throttle]]
+key = ["remote-ip"]
+concurrency = 5
+match = { if = "remote-ip", eq = "10.0.0.0/8" }
+
+[[session.throttle]]
+key = ["sender"]
+rate = "5/1s"
+
+[[session.throttle]]
+key = ["listener"]
+rate = "100/1m"
+enable = false
+"""
+    conf, text = write(tmp_path, extra=extra)
+    inside = explain(conf, "--listener", "submission", "--remote-ip", "10.1.2.3")
+    assert inside.returncode == 0, inside.stderr
+    first = next(i for i, line in enumerate(text.splitlines(), 1) if line == "[[session.throttle]]")
+    assert value(inside.stdout, "session.throttle[0]") == (
+        'key=["remote-ip"] concurrency=5: applies, checked at connect', f"{conf}:{first}: session.throttle[0]")
+    assert value(inside.stdout, "session.throttle[1]")[0] == 'key=["sender"] rate=5/1s: applies, checked at MAIL'
+    assert "note: counted per sender, which this report was not given" in inside.stdout
+    assert value(inside.stdout, "session.throttle[2]")[0] == 'key=["listener"] rate=100/1m: disabled (enable = false)'
+    assert value(inside.stdout, "session.auth.errors.wait-growth") == ("0s", "built-in default (not set in the file)")
+    assert value(inside.stdout, "session.auth.errors.wait-max") == ("60s", "built-in default (not set in the file)")
+
+    outside = explain(conf, "--listener", "submission", "--remote-ip", "192.0.2.7", "--sender", "a@example.test")
+    assert value(outside.stdout, "session.throttle[0]")[0] == \
+        'key=["remote-ip"] concurrency=5: does not apply: match is false'
+    assert "counted per sender" not in outside.stdout
