@@ -23,8 +23,11 @@ next hops -- next to the running one, and swaps it in only when every part of it
 5. The old generation's lookups are closed once no session of that generation remains (checked every
    second), so a session halfway through AUTH still has its store.
 
-Not rebuilt: the abuse guard (``server.guard``: connection admission, bans, their store), so bans and
-counters survive a reload and changes to its settings wait for a restart.
+6. The abuse guard's policy (throttles, auto-ban rates and periods, allowed/blocked addresses, the
+   progressive wait) is replaced for every request from the swap on, sessions in progress included;
+   its store -- counters, bans, concurrency slots -- carries over. A different store (``storage.lookup``,
+   ``[store.*]``, or the bans file beside a moved ``queue.path``) takes effect only at a restart: the
+   reload says so in a warning and keeps the running store.
 
 With ``server.run-as`` the process no longer has root after startup: a reload can change everything
 except binding new ports below 1024 (use the systemd unit's ``AmbientCapabilities=CAP_NET_BIND_SERVICE``
@@ -219,6 +222,7 @@ async def _reload(server: Any, path: str) -> str | None:
                 await lk.start()
         plan = await _prepare_listeners(server, settings, lookups, built)
         hops = _next_hops(server, settings)
+        guard = _next_guard(server, settings)
         delivery = None
         if server._custom_delivery is None and settings.queue_path != server.settings.queue_path:
             from .delivery.spool import Spool
@@ -236,6 +240,9 @@ async def _reload(server: Any, path: str) -> str | None:
     old_settings, old_lookups, old_delivery = server.settings, server.lookups, server.delivery
     server.settings = settings
     server.lookups = lookups
+    if guard is not None:
+        guard.take_over(server.guard)
+        server.guard = guard
     for name, hop in hops.items():
         server._next_hops[name] = hop
     if delivery is not None:
@@ -265,6 +272,18 @@ async def _reload(server: Any, path: str) -> str | None:
     log.info("configuration reloaded from %s: %d listener(s); sessions in progress keep the previous settings",
              path, len(settings.listeners))
     return None
+
+
+def _next_guard(server: Any, settings: Any) -> Any:
+    """The guard with the new abuse settings over the running store (None: no guard to replace)."""
+    old, new = server.guard, getattr(settings, "abuse", None)
+    if old is None or new is None:
+        return None
+    running = old.settings
+    if (new.store, new.ban_file) != (running.store, running.ban_file):
+        log.warning("reload: the abuse store (storage.lookup, [store.*], the bans file beside queue.path) "
+                    "changes only with a restart; the new throttle and auto-ban settings use the running one")
+    return old.reconfigured(new)
 
 
 async def _prepare_listeners(server: Any, settings: Any, lookups: dict, built: dict) -> dict:

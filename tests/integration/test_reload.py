@@ -216,3 +216,33 @@ path = "{tmp_path}/spool"
         assert srv.port("submission") == port                 # the same socket
         ehlo = proxied_ehlo(port)
         assert "AUTH LOGIN" in ehlo and "PLAIN" not in ehlo, ehlo
+
+
+def test_reload_changes_the_abuse_policy_and_keeps_its_store(tmp_path: Path) -> None:
+    pki = make_pki(tmp_path / "pki")
+    path = tmp_path / "smtpgate.toml"
+    path.write_text(config(pki, tmp_path))
+    with run_server(path.read_text(), tmp_path, pki=pki) as srv:
+        port = srv.port("submission")
+        before = Raw(port, source="127.0.0.9")
+        assert before.greeting.startswith("220 mx.test")
+        store = srv.server.guard.store
+        path.write_text(config(pki, tmp_path).replace('hostname = "mx.test"',
+                                                      'hostname = "mx.test"\nblocked-ip = ["127.0.0.9"]'))
+        assert reload(srv, path) is True
+        assert srv.server.guard.store is store           # counters, bans and slots carry over
+        refused = Raw(port, source="127.0.0.9")
+        assert refused.greeting.startswith("421 4.7.0")
+        refused.close()
+        other = Raw(port, source="127.0.0.10")
+        assert other.greeting.startswith("220 mx.test")
+        other.close()
+        # The session admitted before the reload goes on.
+        assert before.cmd("NOOP").startswith("250")
+        before.close()
+
+        path.write_text(config(pki, tmp_path))          # and back: the block is lifted by the next reload
+        assert reload(srv, path) is True
+        again = Raw(port, source="127.0.0.9")
+        assert again.greeting.startswith("220 mx.test")
+        again.close()

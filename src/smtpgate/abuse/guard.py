@@ -344,6 +344,16 @@ class Guard:
             log.warning("unban %s (was: reason=%s counts=%s; lifted elsewhere)", ban.key, ban.reason,
                         _counts(ban.counts))
 
+    def reconfigured(self, settings: AbuseSettings) -> "Guard":
+        """A guard with new policy (throttles, auto-ban rates and periods, allowed/blocked addresses,
+        progressive wait) over this guard's store: its counters, bans and concurrency slots carry over.
+        What a reload builds; nothing changes until :meth:`take_over`."""
+        return Guard(settings, self.store, clock=self.clock)
+
+    def take_over(self, old: "Guard") -> None:
+        """Become the server's guard in place of ``old`` (same store): its ban refresher keeps running."""
+        self._task, old._task = old._task, None
+
     async def close(self) -> None:
         if self._task is not None:
             self._task.cancel()
