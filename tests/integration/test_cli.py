@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.smtpclient import Raw
-from tests.support import free_port, port_open
+from tests.support import free_port, on_embedded_default_ports, port_open
 
 # The console script installed next to the interpreter running the tests (.venv/bin/smtpgate).
 PYTHON = sys.executable
@@ -572,8 +572,6 @@ def test_implicit_tls_under_serve(tmp_path, test_pki):
 
 
 # --- the embedded default ------------------------------------------------------------------------
-DEFAULT_PORTS = (2525, 5870, 4650)
-
 #: Runs `smtpgate serve --data-dir D` (no --config), talks to it, stops it, prints what it saw as JSON.
 DRIVER = textwrap.dedent("""
     import json, os, signal, socket, ssl, subprocess, sys, time
@@ -660,33 +658,11 @@ DRIVER = textwrap.dedent("""
 """)
 
 
-def _ports_free() -> bool:
-    for port in DEFAULT_PORTS:
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                return False
-    return True
-
-
-def _private_netns_works() -> bool:
-    try:
-        return subprocess.run(["unshare", "--net", "true"], capture_output=True, timeout=10).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-
-
 @pytest.fixture(scope="module")
 def embedded(tmp_path_factory):
     data = tmp_path_factory.mktemp("embedded") / "data"
     cmd = [PYTHON, "-c", DRIVER, SMTPGATE, str(data)]
-    # A private network namespace when the machine allows one: there the loopback ports 2525/5870/4650
-    # are ours alone (another smtpgate started between a "free?" check and ours would answer instead).
-    if _private_netns_works():
-        cmd = ["unshare", "--net", "sh", "-c", 'ip link set lo up && exec "$@"', "sh", *cmd]
-    elif not _ports_free():
-        pytest.skip("ports 2525/5870/4650 are busy and no private network namespace is available")
+    cmd = on_embedded_default_ports(cmd)
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=90)
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.support import need_binary
+from tests.support import need_binary, on_embedded_default_ports
 
 ROOT = Path(__file__).parents[2]
 BIN = Path(sys.executable).parent
@@ -28,23 +27,6 @@ def quickstart_block() -> str:
     start = readme.index("## Quickstart")
     start = readme.index("```sh\n", start) + len("```sh\n")
     return readme[start:readme.index("```", start)]
-
-
-def _ports_free() -> bool:
-    for port in (2525, 5870, 4650):
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                return False
-    return True
-
-
-def _netns() -> bool:
-    try:
-        return subprocess.run(["unshare", "--net", "true"], capture_output=True, timeout=10).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        return False
 
 
 @pytest.fixture
@@ -73,12 +55,8 @@ def test_quickstart_pasted_at_once(checkout):
     script = ("set -e\ntrap 'rc=$?; kill %1 2>/dev/null || true; exit $rc' EXIT\n" + block
               + "wait %1 || true\n")
     cmd = ["bash", "-c", script]
-    # A private network namespace when there is one: the fixed ports are then ours alone, whatever else
-    # runs on this machine (another server there would answer wait-ready and swaks).
-    if _netns():
-        cmd = ["unshare", "--net", "sh", "-c", 'ip link set lo up && exec "$@"', "sh", *cmd]
-    elif not _ports_free():
-        pytest.skip("ports 2525/5870/4650 are busy and no private network namespace is available")
+    # Another server on the fixed ports would answer wait-ready and swaks instead of ours.
+    cmd = on_embedded_default_ports(cmd)
     env = {k: v for k, v in os.environ.items() if k != "SMTPGATE_DATA"}
     proc = subprocess.run(cmd, cwd=checkout, capture_output=True, text=True, timeout=120, env=env)
     out = proc.stdout + proc.stderr
