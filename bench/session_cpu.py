@@ -95,6 +95,11 @@ async def main(args: argparse.Namespace) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel("INFO")
+    try:                            # as cli._serve does (trees that have the direct path)
+        from smtpgate.observe import events
+        events.emit_directly(handler.submit)
+    except (ImportError, AttributeError):
+        pass
     with tempfile.TemporaryDirectory(prefix="sg-cpu-") as tmp:
         users = Path(tmp, "users.txt")
         users.write_text("".join(f"{u}:{p}\n" for u, p in USERS))
@@ -131,7 +136,7 @@ async def main(args: argparse.Namespace) -> None:
             calls = sum(v[1] for v in stats.values())
             python_calls = sum(v[1] for k, v in stats.items() if k[0] != "~")
             print(f"calls per session: {calls / n:.1f} (Python functions: {python_calls / n:.1f})")
-            rows = sorted(stats.items(), key=lambda kv: -kv[1][2])[:30]
+            rows = sorted(stats.items(), key=lambda kv: -kv[1][2])[:45]
             for (file, line, name), (_, nc, tt, ct, _) in rows:
                 print(f"{nc / n:6.2f} calls  self {tt / n * 1e6:6.2f} µs  cum {ct / n * 1e6:7.2f} µs  "
                       f"{file.split('src/')[-1]}:{line}({name})")

@@ -182,6 +182,9 @@ def _serve(args: argparse.Namespace) -> int:
         return 1
     handler = _setup_logging((args.log_level or "info").upper())
     handler = _apply_log_settings(settings, args.log_level, handler)
+    if hasattr(handler, "submit") and logging.getLogger().handlers == [handler]:
+        from .observe import events
+        events.emit_directly(handler.submit)     # session lines skip the LogRecord (the hot path)
     handler.pause()  # startup progress is written once the server is up (or dropped if it is not)
     try:
         import uvloop  # optional: a faster event loop when installed

@@ -30,11 +30,18 @@ class _Formatter(logging.Formatter):
         self._prefix = ""
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
-        second = int(record.created)
+        return self._stamp(record.created)
+
+    def _stamp(self, created: float) -> str:
+        second = int(created)
         if second != self._second:
             self._second = second
-            self._prefix = time.strftime("%Y-%m-%d %H:%M:%S", self.converter(record.created))
-        return f"{self._prefix},{int(record.msecs):03d}"
+            self._prefix = time.strftime("%Y-%m-%d %H:%M:%S", self.converter(created))
+        return f"{self._prefix},{int((created - second) * 1000):03d}"
+
+    def format_line(self, created: float, levelno: int, name: str, msg: object) -> str:
+        """What :meth:`format` makes of a record, for a line submitted without one."""
+        return f"{self._stamp(created)} {logging.getLevelName(levelno)} {name}: {msg}"
 
 
 class BatchingHandler(logging.Handler):
@@ -61,6 +68,15 @@ class BatchingHandler(logging.Handler):
         if record.levelno >= logging.ERROR:
             self._wake.set()
 
+    def submit(self, name: str, levelno: int, msg: object) -> None:
+        """A line without a ``LogRecord`` (observe.events' session lines, the hot path): the tuple is
+        formatted by the writer thread like a record would be (``format_line`` of the formatter)."""
+        pending = self._pending
+        if len(pending) >= self.max_pending:
+            self._dropped += 1
+            return
+        pending.append((time.time(), levelno, name, msg))
+
     def _run(self) -> None:
         while not self._stop:
             self._wake.wait(self.interval)
@@ -75,7 +91,7 @@ class BatchingHandler(logging.Handler):
     def resume(self, drop_below: int | None = None) -> None:
         """Write what was held, without the records below level ``drop_below`` if it is given."""
         if drop_below is not None:
-            self._pending = [r for r in self._pending if r.levelno >= drop_below]
+            self._pending = [r for r in self._pending if _level(r) >= drop_below]
         self._held = False
         self._wake.set()
 
@@ -86,11 +102,15 @@ class BatchingHandler(logging.Handler):
             return
         batch, self._pending = self._pending, []
         lines = []
+        direct = getattr(self.formatter, "format_line", None)
         for record in batch:
             try:
-                lines.append(self.format(record))
+                if type(record) is tuple:
+                    lines.append(direct(*record) if direct is not None else f"{record[2]}: {record[3]}")
+                else:
+                    lines.append(self.format(record))
             except Exception:  # noqa: BLE001 - a broken record must not kill the writer
-                lines.append(f"(unformattable log record from {record.name})")
+                lines.append(f"(unformattable log record from {_name(record)})")
         if self._dropped:
             lines.append(f"{time.strftime('%Y-%m-%d %H:%M:%S')} WARNING smtpgate.log: "
                          f"{self._dropped} log records dropped (stderr too slow)")
@@ -107,3 +127,11 @@ class BatchingHandler(logging.Handler):
         if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join(5)
         super().close()
+
+
+def _level(item: logging.LogRecord | tuple) -> int:
+    return item[1] if type(item) is tuple else item.levelno
+
+
+def _name(item: logging.LogRecord | tuple) -> str:
+    return item[2] if type(item) is tuple else item.name

@@ -215,9 +215,8 @@ class Guard:
         data = f"{login}\0{secret}".encode("utf-8", "surrogatepass")
         return hashlib.blake2b(data, key=key, digest_size=16).hexdigest()
 
-    async def auth_gate(self, remote_ip: Any, login: str, secret: str | None, wait: float) -> GateAnswer:
-        if not self.tracks_auth or self._exempt(remote_ip):
-            return GateAnswer("ok", wait)
+    def _gate_hits(self, remote_ip: Any, login: str, secret: str | None) -> tuple[str, str, list[Hit], str]:
+        """What an AUTH attempt counts before its lookup: (ip key, login key, hits, trust mark)."""
         ip = self.ip_key(remote_ip)
         window = self._auth_window
         login_l = login.lower()[:320]
@@ -226,10 +225,13 @@ class Guard:
         hits = [Hit(f"a:ip:{ip}", window, f"a:ipfp:{ip}:{fp}" if fp else None)]
         if login_l and self._auth_limit is not None:
             hits.append(Hit(f"a:login:{login_key}", window, f"a:lfp:{fp}" if fp else None))
-        trust = f"a:trust:{ip}:{login_key}"
-        results, (trusted,) = await self.store.hit(hits, check_marks=[trust])
+        return ip, login_key, hits, f"a:trust:{ip}:{login_key}"
+
+    def _gate_verdict(self, ip: str, login_key: str, hits: list[Hit], results: list[tuple[int, bool]],
+                      trusted: bool, wait: float) -> tuple[GateAnswer, bool]:
+        """The gate's answer from the store's counts, and whether the address must be banned now."""
         count = results[0][0]
-        counted = tuple(h for h, (_, did) in zip(hits, results) if did)
+        counted = tuple([h for h, (_, did) in zip(hits, results) if did])
         ticket = _AuthTicket(counted, ip, login_key, count)
         grown = wait
         if self.settings.wait_growth > 0:
@@ -238,29 +240,63 @@ class Guard:
         limit = self._auth_limit
         if limit is not None:
             if count > limit or self.store.banned(ip, self.clock()) is not None:
-                if count > limit:
-                    await self._ban(ip, "auth", {"auth": count})
-                return GateAnswer("banned", grown, ticket)
+                return GateAnswer("banned", grown, ticket), count > limit
             if len(results) > 1 and results[1][0] > limit and not trusted:
-                return GateAnswer("locked", grown, ticket)
-        return GateAnswer("ok", grown, ticket)
+                return GateAnswer("locked", grown, ticket), False
+        return GateAnswer("ok", grown, ticket), False
+
+    async def auth_gate(self, remote_ip: Any, login: str, secret: str | None, wait: float) -> GateAnswer:
+        if not self.tracks_auth or self._exempt(remote_ip):
+            return GateAnswer("ok", wait)
+        ip, login_key, hits, trust = self._gate_hits(remote_ip, login, secret)
+        results, (trusted,) = await self.store.hit(hits, check_marks=[trust])
+        answer, ban = self._gate_verdict(ip, login_key, hits, results, trusted, wait)
+        if ban:
+            await self._ban(ip, "auth", {"auth": results[0][0]})
+        return answer
+
+    def auth_gate_now(self, remote_ip: Any, login: str, secret: str | None, wait: float) -> GateAnswer:
+        """:meth:`auth_gate` over an immediate store, without a coroutine (the hot path)."""
+        if not self.tracks_auth or self._exempt(remote_ip):
+            return GateAnswer("ok", wait)
+        ip, login_key, hits, trust = self._gate_hits(remote_ip, login, secret)
+        results, (trusted,) = self.store.hit_now(hits, (), (trust,))
+        answer, ban = self._gate_verdict(ip, login_key, hits, results, trusted, wait)
+        if ban:
+            self._ban_now(ip, "auth", {"auth": results[0][0]})
+        return answer
+
+    def _done_plan(self, ticket: "_AuthTicket", outcome: str) -> tuple[bool, list[Hit], list[tuple[str, float]]]:
+        """After the verdict: (ban now, hits that undo the reservation, marks to set)."""
+        if outcome == "invalid":
+            limit = self._auth_limit
+            return limit is not None and ticket.count >= limit and bool(ticket.hits), [], []
+        undo = [Hit(h.key, h.ttl, h.once, -1) for h in ticket.hits]
+        marks = [(f"a:trust:{ticket.ip}:{ticket.login_key}", self.settings.auth_trust)] if outcome == "success" else []
+        return False, undo, marks
 
     async def auth_done(self, ticket: Any, outcome: str) -> bool:
         """After the verdict: undo the reservation (success, tempfail), trust the address (success), ban
         when this failure reached the limit. True when the address is banned now."""
         if not isinstance(ticket, _AuthTicket):
             return False
-        if outcome == "invalid":
-            limit = self._auth_limit
-            if limit is not None and ticket.count >= limit and ticket.hits:
-                await self._ban(ticket.ip, "auth", {"auth": ticket.count})
-                return True
-            return False
-        undo = [Hit(h.key, h.ttl, h.once, -1) for h in ticket.hits]
-        marks = [(f"a:trust:{ticket.ip}:{ticket.login_key}", self.settings.auth_trust)] if outcome == "success" else []
-        if undo or marks:
+        ban, undo, marks = self._done_plan(ticket, outcome)
+        if ban:
+            await self._ban(ticket.ip, "auth", {"auth": ticket.count})
+        elif undo or marks:
             await self.store.hit(undo, set_marks=marks)
-        return False
+        return ban
+
+    def auth_done_now(self, ticket: Any, outcome: str) -> bool:
+        """:meth:`auth_done` over an immediate store, without a coroutine (the hot path)."""
+        if not isinstance(ticket, _AuthTicket):
+            return False
+        ban, undo, marks = self._done_plan(ticket, outcome)
+        if ban:
+            self._ban_now(ticket.ip, "auth", {"auth": ticket.count})
+        elif undo or marks:
+            self.store.hit_now(undo, marks)
+        return ban
 
     # -- other offences -------------------------------------------------------------------------------------
     async def offence(self, kind: str, remote_ip: Any) -> bool:
@@ -278,16 +314,24 @@ class Guard:
         return False
 
     # -- bans -----------------------------------------------------------------------------------------------
-    async def _ban(self, ip: str, reason: str, counts: dict[str, int]) -> None:
+    def _new_ban(self, ip: str, reason: str, counts: dict[str, int]) -> Ban | None:
         now = self.clock()
         if self.store.banned(ip, now) is not None:
-            return
+            return None
         rule = self._ban_kinds.get(reason)
-        period = rule.period if rule is not None else 86400.0
-        ban = Ban(ip, now + period, reason, now, counts)
-        await self.store.ban(ban)
-        log.warning("ban %s reason=%s counts=%s period=%ds until=%s", ip, reason, _counts(counts), int(period),
-                    _iso(ban.until))
+        return Ban(ip, now + (rule.period if rule is not None else 86400.0), reason, now, counts)
+
+    async def _ban(self, ip: str, reason: str, counts: dict[str, int]) -> None:
+        ban = self._new_ban(ip, reason, counts)
+        if ban is not None:
+            await self.store.ban(ban)
+            _log_ban(ban)
+
+    def _ban_now(self, ip: str, reason: str, counts: dict[str, int]) -> None:
+        ban = self._new_ban(ip, reason, counts)
+        if ban is not None:
+            self.store.ban_now(ban)
+            _log_ban(ban)
 
     # -- serving the session's requests ---------------------------------------------------------------------
     def perform(self, req: Any) -> Coroutine:
@@ -304,7 +348,14 @@ class Guard:
 
     def answer_now(self, req: Any, later: Any) -> Any:
         """The answer, synchronously, when the store is immediate; else ``later``."""
-        return drive(self.perform(req)) if self.immediate else later
+        if not self.immediate:
+            return later
+        kind = type(req)
+        if kind is AuthGate:
+            return self.auth_gate_now(req.remote_ip, req.login, req.secret, req.wait)
+        if kind is AuthDone:
+            return self.auth_done_now(req.ticket, req.outcome)
+        return drive(self.perform(req))
 
     def offence_soon(self, kind: str, remote_ip: Any) -> None:
         """Count an offence of a connection that is going away (nothing waits for the answer)."""
@@ -386,6 +437,11 @@ def _login_key(login_l: str) -> str:
     """A login's counting key (a digest: names of any length make keys of one size). Cached: the same
     logins come back all day, and each digest is a hash object built and thrown away."""
     return hashlib.blake2b(login_l.encode("utf-8", "surrogatepass"), digest_size=12).hexdigest()
+
+
+def _log_ban(ban: Ban) -> None:
+    log.warning("ban %s reason=%s counts=%s period=%ds until=%s", ban.key, ban.reason, _counts(ban.counts),
+                int(ban.until - ban.at), _iso(ban.until))
 
 
 def _counts(counts: dict[str, int]) -> str:

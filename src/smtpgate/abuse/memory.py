@@ -20,13 +20,9 @@ from .store import Ban, Changes, Hit, Store
 
 log = logging.getLogger("smtpgate.abuse")
 
-
-class _Group:
-    __slots__ = ("ttl", "items")
-
-    def __init__(self, ttl: float):
-        self.ttl = ttl
-        self.items: dict[str, list] = {}        # key -> [count, expiry]
+#: A mark set again while it has more than its lifetime minus this many seconds left is left alone (a
+#: trust mark renewed by every successful login would otherwise be rewritten per AUTH).
+MARK_RENEW_SLACK = 60.0
 
 
 class MemoryStore(Store):
@@ -37,8 +33,10 @@ class MemoryStore(Store):
         super().__init__()
         self.clock = clock
         self.max_entries = max_entries
-        self._groups: dict[float, _Group] = {}
-        self._where: dict[str, _Group] = {}       # key -> its group (a key keeps its first window length)
+        # key -> [count, expiry, ttl]: one lookup answers a get. Each window length also has its own
+        # insertion-ordered dict of the same entries, which is therefore expiry-ordered (the purge order).
+        self._entries: dict[str, list] = {}
+        self._groups: dict[float, dict[str, list]] = {}
         self._bans: dict[str, Ban] = {}
         self._file = BanFile(ban_file) if ban_file else None
         self._file_sig: tuple | None = None
@@ -47,88 +45,103 @@ class MemoryStore(Store):
         self.fingerprint_key = os.urandom(32)        # per process: fingerprints never leave it
 
     # -- counters and marks ---------------------------------------------------------------------------
-    def _get(self, key: str, now: float) -> list | None:
-        group = self._where.get(key)
-        if group is None:
-            return None
-        entry = group.items.get(key)
-        if entry is None or entry[1] <= now:
-            return None
-        return entry
-
     def _put(self, key: str, ttl: float, now: float) -> list:
-        old = self._where.get(key)
+        """A fresh entry for ``key`` (count 0) in the window group ``ttl``, replacing any older one."""
+        old = self._entries.get(key)
         if old is not None:
-            old.items.pop(key, None)
+            del self._groups[old[2]][key]
         group = self._groups.get(ttl)
         if group is None:
-            group = self._groups[ttl] = _Group(ttl)
-        if len(self._where) >= self.max_entries:
+            group = self._groups[ttl] = {}
+        if len(self._entries) >= self.max_entries and old is None:
             self._purge(now)
-            if len(self._where) >= self.max_entries and group.items:
-                oldest = next(iter(group.items))
-                del group.items[oldest]
-                self._where.pop(oldest, None)
-        entry = [0, now + ttl]
-        group.items[key] = entry
-        self._where[key] = group
+            if len(self._entries) >= self.max_entries and group:
+                oldest = next(iter(group))
+                del group[oldest]
+                del self._entries[oldest]
+        entry = [0, now + ttl, ttl]
+        group[key] = entry
+        self._entries[key] = entry
         return entry
 
     async def hit(self, hits: Sequence[Hit], *, set_marks: Sequence[tuple[str, float]] = (),
                   check_marks: Sequence[str] = ()) -> tuple[list[tuple[int, bool]], list[bool]]:
+        return self.hit_now(hits, set_marks, check_marks)
+
+    def hit_now(self, hits: Sequence[Hit], set_marks: Sequence[tuple[str, float]] = (),
+                check_marks: Sequence[str] = ()) -> tuple[list[tuple[int, bool]], list[bool]]:
         now = self.clock()
-        checked = [self._get(key, now) is not None for key in check_marks]
+        entries = self._entries
+        checked = []
+        for key in check_marks:
+            e = entries.get(key)
+            checked.append(e is not None and e[1] > now)
         out = []
         for h in hits:
-            entry = self._get(h.key, now)
+            entry = entries.get(h.key)
+            if entry is not None and entry[1] <= now:
+                entry = None
+            once = h.once
             if h.amount < 0:
-                if h.once is not None:
-                    self._drop(h.once)
+                if once is not None:
+                    self._drop(once)
                 if entry is not None and entry[0] > 0:
                     entry[0] -= 1
                 out.append((entry[0] if entry is not None else 0, True))
                 continue
-            if h.once is not None:
-                if self._get(h.once, now) is not None:
+            if once is not None:
+                mark = entries.get(once)
+                if mark is not None and mark[1] > now:
                     out.append((entry[0] if entry is not None else 0, False))
                     continue
-                self._put(h.once, h.ttl, now)[0] = 1
+                self._put(once, h.ttl, now)[0] = 1
             if entry is None:
                 entry = self._put(h.key, h.ttl, now)
             entry[0] += h.amount
             out.append((entry[0], True))
         for key, ttl in set_marks:
-            self._put(key, ttl, now)[0] = 1
+            mark = entries.get(key)
+            # Renewing a mark that still has (almost) its whole life left changes nothing but the cost.
+            if mark is None or mark[2] != ttl or mark[1] < now + ttl - MARK_RENEW_SLACK:
+                self._put(key, ttl, now)[0] = 1
         return out, checked
 
     def _drop(self, key: str) -> None:
-        group = self._where.pop(key, None)
-        if group is not None:
-            group.items.pop(key, None)
+        entry = self._entries.pop(key, None)
+        if entry is not None:
+            del self._groups[entry[2]][key]
 
     async def peek(self, counters: Sequence[str], marks: Sequence[str] = ()) -> tuple[list[int], list[bool]]:
         now = self.clock()
+        entries = self._entries
         values = []
         for key in counters:
-            entry = self._get(key, now)
-            values.append(entry[0] if entry is not None else 0)
-        return values, [self._get(key, now) is not None for key in marks]
+            e = entries.get(key)
+            values.append(e[0] if e is not None and e[1] > now else 0)
+        live = []
+        for key in marks:
+            e = entries.get(key)
+            live.append(e is not None and e[1] > now)
+        return values, live
 
     async def mark(self, key: str, ttl: float) -> None:
         self._put(key, ttl, self.clock())[0] = 1
 
     def _purge(self, now: float) -> None:
+        entries = self._entries
         for group in self._groups.values():
-            items = group.items
-            while items:
-                key = next(iter(items))
-                if items[key][1] > now:
+            while group:
+                key = next(iter(group))
+                if group[key][1] > now:
                     break
-                del items[key]
-                self._where.pop(key, None)
+                del group[key]
+                del entries[key]
 
     # -- bans -------------------------------------------------------------------------------------------
     async def ban(self, ban: Ban) -> None:
+        self.ban_now(ban)
+
+    def ban_now(self, ban: Ban) -> None:
         self._bans[ban.key] = ban
         self._persist(ban.key, ban)
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class AuthGate:
     remote_ip: Any                      # the session's remote-ip
     login: str                          # the claimed user name ("" when the mechanism gives none)
@@ -20,7 +20,7 @@ class AuthGate:
     wait: float = 0.0                   # session.auth.errors.wait; the answer may grow it
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class GateAnswer:
     verdict: str                        # "ok" (ask the lookup) | "locked" (answer as invalid, no lookup)
                                         # | "banned" (the address is banned: fail and close)
@@ -31,19 +31,19 @@ class GateAnswer:
 OPEN = GateAnswer("ok", 0.0)           # what a session without a guard behaves as
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class AuthDone:
     ticket: Any
     outcome: str                        # "success" | "invalid" | "tempfail"   (answer: bool, banned now)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class Offence:
     kind: str                           # "abuse" | "loiter" | "scan"
     remote_ip: Any                      # answer: bool, banned now (close the session)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class RateCheck:
     stage: str                          # "mail" | "rcpt"
     vars: Any                           # the session's if-block variables (answer: bool, allowed)

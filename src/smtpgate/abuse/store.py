@@ -12,7 +12,9 @@ Concurrency slots are deliberately per process in every store: a node that crash
 slots back to a shared counter, and a connection is only ever held by one node anyway.
 
 A store whose ``immediate`` is true never suspends inside its coroutines, so the event loop's hot path can
-run them synchronously with :func:`drive` instead of scheduling a task.
+run them synchronously with :func:`drive` instead of scheduling a task; it also offers ``hit_now`` and
+``ban_now``, the synchronous forms of :meth:`Store.hit` and :meth:`Store.ban` the guard's AUTH path calls
+directly (one AUTH asks the store twice: a coroutine per call is a measurable share of a session).
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Coroutine, Sequence
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class Hit:
     """Increment counter ``key`` (window ``ttl`` seconds). With ``once``: only if the mark ``once`` was not
     set yet (it is set now, for ``ttl``) -- so the same wrong password retried counts once.

@@ -36,7 +36,7 @@ class Capability(enum.Flag):
     MEMBERSHIP = enum.auto() # answers "is KEY in this set" (local domains, in-list)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class Origin:
     """Where an attempt comes from: the SMTP client's address and port, and the local address and port
     it connected to. A remote store may be told (IMAP ``ID``) so that its own per-IP protections (Dovecot's
@@ -47,7 +47,7 @@ class Origin:
     local_port: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class Credentials:
     """What a SASL mechanism extracted from the client. ``secret`` is a password or a bearer token
     (``kind`` says which). Never log ``secret``. ``origin`` is added by the AUTH stage (mechanisms do
@@ -63,7 +63,7 @@ class Credentials:
         return f"Credentials(mechanism={self.mechanism!r}, username={self.username!r}, kind={self.kind!r})"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class AuthResult:
     outcome: Outcome
     account: str = ""                                # canonical account name when VALID
@@ -83,7 +83,7 @@ def unavailable(reason: str) -> AuthResult:
     return AuthResult(Outcome.UNAVAILABLE, reason=reason)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class ScramKeys:
     """Stored SCRAM credentials for one hash (RFC 5802 §3)."""
     salt: bytes
@@ -92,7 +92,7 @@ class ScramKeys:
     server_key: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class SecretRecord:
     """What a store holds for one user, for mechanisms that need the secret itself (SCRAM, CRAM-MD5).
 

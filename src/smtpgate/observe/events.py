@@ -33,7 +33,7 @@ import logging
 import os
 import re
 import time
-from typing import Any
+from typing import Any, Callable
 
 from . import metrics as M
 
@@ -42,6 +42,26 @@ log_auth = logging.getLogger("smtpgate.auth")
 log_message = logging.getLogger("smtpgate.message")
 log_dialogue = logging.getLogger("smtpgate.dialogue")
 INFO, DEBUG, WARNING = logging.INFO, logging.DEBUG, logging.WARNING
+
+
+def _via_logging(name: str, level: int, event: "Event") -> None:
+    logging.getLogger(name).log(level, event)
+
+
+#: Where an event line goes once its logger's level said yes: ``(logger name, level, Event)``. Through the
+#: logging module by default (tests' caplog, embedders' handlers); ``smtpgate serve`` points it straight
+#: at its log writer (:func:`emit_directly`): three lines per session otherwise cost a ``LogRecord`` each
+#: plus the handler chain, a large share of a session's CPU.
+_emit: Callable[[str, int, "Event"], None] = _via_logging
+
+
+def emit_directly(submit: Callable[[str, int, "Event"], None] | None) -> None:
+    """Send event lines to ``submit`` (the log writer's own queue), or back through logging (None).
+    Only valid while that writer is the one handler of the root logger: levels are still checked on the
+    named loggers before a line is built."""
+    global _emit
+    _emit = submit if submit is not None else _via_logging
+
 
 _MECHANISMS = frozenset(("PLAIN", "LOGIN", "OAUTHBEARER", "XOAUTH2", "CRAM-MD5", "SCRAM-SHA-1", "SCRAM-SHA-256",
                          "SCRAM-SHA-1-PLUS", "SCRAM-SHA-256-PLUS"))
@@ -150,6 +170,7 @@ _VERBS = {v.encode()[:4]: v.lower() for v in ("EHLO", "HELO", "LHLO", "STARTTLS"
                                                 "DATA", "BDAT", "VRFY", "EXPN", "RSET", "NOOP", "QUIT", "HELP")}
 _TALLY_ORDER = ("ehlo", "helo", "lhlo", "starttls", "auth", "mail", "rcpt", "data", "bdat", "vrfy",
                 "expn", "rset", "noop", "help", "quit", "unknown")
+_TALLY_RANK = {verb: rank for rank, verb in enumerate(_TALLY_ORDER)}
 _OK_FIRST = (50, 51)     # b"2", b"3"
 
 
@@ -183,7 +204,7 @@ class ListenerEvents:
         if tls is not None:
             self.m_tls[("implicit", "ok")].inc()
         if log_session.isEnabledFor(INFO):
-            log_session.info(Event("connect", [("session", ev.sid), ("listener", self.id),
+            _emit("smtpgate.session", INFO, Event("connect", [("session", ev.sid), ("listener", self.id),
                                                ("remote", ev.remote), ("port", remote_port),
                                                ("tls", tls.version if tls is not None else "no")]))
         return ev
@@ -198,7 +219,7 @@ class ListenerEvents:
         elif reason == "throttled":
             self.throttled(kind)
         if log_session.isEnabledFor(INFO):
-            log_session.info(Event("reject", [("session", "-"), ("listener", self.id), ("remote", str(remote_ip)),
+            _emit("smtpgate.session", INFO, Event("reject", [("session", "-"), ("listener", self.id), ("remote", str(remote_ip)),
                                               ("port", remote_port), ("command", "CONNECT"), ("reason", reason)]))
 
     def refused_by_reply(self, reply: bytes, remote_ip: Any = None, remote_port: int = 0) -> None:
@@ -306,7 +327,7 @@ class SessionEvents:
                 fields.append(("reply", Quoted(reply.split(b"\r\n", 1)[0].decode("utf-8", "replace"))))
             for key, value in detail.items():
                 fields.append((key, Quoted(str(value)) if isinstance(value, str) else value))
-            log_session.info(Event("reject", fields))
+            _emit("smtpgate.session", INFO, Event("reject", fields))
 
     # -- AUTH (the AUTH stage) ------------------------------------------------------------------------
     def auth(self, mechanism: str, user: str, result: str, failures: int, reason: str = "") -> None:
@@ -318,7 +339,7 @@ class SessionEvents:
             if reason:
                 fields.append(("reason", Quoted(reason)))
             fields.append(("session", self.sid))
-            log_auth.info(Event("auth", fields))
+            _emit("smtpgate.auth", INFO, Event("auth", fields))
 
     # -- TLS, delivery (transport) ---------------------------------------------------------------------
     def starttls(self, info: Any) -> None:
@@ -342,7 +363,7 @@ class SessionEvents:
         level = INFO if failed is None else WARNING
         if log_message.isEnabledFor(level):
             shown = failed or (results[0] if results else None)
-            log_message.log(level, Event("message", [
+            _emit("smtpgate.message", level, Event("message", [
                 ("session", self.sid), ("queue_id", envelope.queue_id), ("listener", self.le.id),
                 ("remote", self.remote), ("from", Quoted(f"<{envelope.mail_from}>")),
                 ("rcpts", len(envelope.rcpt_to)), ("size", size),
@@ -362,17 +383,14 @@ class SessionEvents:
                                              ("remote", self.remote), ("port", self.port)]
             ok_all = total_all = 0
             tally = self.tally
-            for verb in _TALLY_ORDER:
-                counts = tally.get(verb)
-                if counts is None:
-                    continue
-                ok, total = counts
+            for verb in sorted(tally, key=_TALLY_RANK.__getitem__) if len(tally) > 1 else tally:
+                ok, total = tally[verb]
                 ok_all += ok
                 total_all += total
                 fields.append((verb, str(ok) if ok == total else f"{ok}/{total}"))
             fields.append(("commands", str(ok_all) if ok_all == total_all else f"{ok_all}/{total_all}"))
             fields.append(("duration", time.monotonic() - self.started))
-            log_session.info(Event("disconnect", fields))
+            _emit("smtpgate.session", INFO, Event("disconnect", fields))
 
     # -- debug: the dialogue --------------------------------------------------------------------------
     def sent(self, out: list[bytes]) -> None:
@@ -384,7 +402,7 @@ class SessionEvents:
                                    else line.decode("utf-8", "replace"))
 
     def _dialogue(self, direction: str, text: str) -> None:
-        log_dialogue.debug(Event("smtp", [("session", self.sid), ("dir", direction), ("line", Quoted(text))]))
+        _emit("smtpgate.dialogue", DEBUG, Event("smtp", [("session", self.sid), ("dir", direction), ("line", Quoted(text))]))
 
 
 def _mask(line: bytes) -> str:

@@ -26,20 +26,36 @@ from .events import Event
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-        out: dict[str, Any] = {"time": f"{stamp}.{int(record.msecs):03d}Z", "level": record.levelname,
-                               "logger": record.name}
+        out = _head(record.created, record.levelname, record.name)
         msg = record.msg
         if isinstance(msg, Event) and not record.args:
-            out["event"] = msg.name
-            for key, value in msg.fields:
-                out[key] = round(value, 6) if isinstance(value, float) else value if value is None or \
-                    isinstance(value, (int, bool)) else str(value)
+            _event_fields(out, msg)
         else:
             out["message"] = record.getMessage()
         if record.exc_info:
             out["exception"] = self.formatException(record.exc_info)
         return json.dumps(out, separators=(",", ":"))
+
+    def format_line(self, created: float, levelno: int, name: str, msg: object) -> str:
+        """A line submitted without a record (logsink.BatchingHandler.submit)."""
+        out = _head(created, logging.getLevelName(levelno), name)
+        if isinstance(msg, Event):
+            _event_fields(out, msg)
+        else:
+            out["message"] = str(msg)
+        return json.dumps(out, separators=(",", ":"))
+
+
+def _head(created: float, level: str, name: str) -> dict[str, Any]:
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created))
+    return {"time": f"{stamp}.{int((created - int(created)) * 1000):03d}Z", "level": level, "logger": name}
+
+
+def _event_fields(out: dict[str, Any], msg: Event) -> None:
+    out["event"] = msg.name
+    for key, value in msg.fields:
+        out[key] = round(value, 6) if isinstance(value, float) else value if value is None or \
+            isinstance(value, (int, bool)) else str(value)
 
 
 class _Enqueue(logging.handlers.QueueHandler):

@@ -26,22 +26,22 @@ from dataclasses import dataclass
 from ..lookup.base import AuthResult, Credentials, SecretRecord
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class Challenge:
     data: bytes = b""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class Verify:
     creds: Credentials
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class NeedSecret:
     username: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class Success:
     account: str                      # canonical account name (from the lookup)
     authzid: str = ""                 # identity to act as ("" = same as account)
@@ -50,7 +50,7 @@ class Success:
                                       # stage sends it as a 334 challenge and expects an empty reply
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class Failure:
     kind: str                         # "invalid" | "malformed" | "unavailable"
     detail: str = ""                  # for logs / 501 text; never secrets
@@ -65,7 +65,7 @@ class Malformed(Exception):
     detail, so it must never contain secrets."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class ChannelBinding:
     """TLS channel binding data for SCRAM -PLUS (RFC 5929 / RFC 9266)."""
     type: str      # "tls-unique" | "tls-exporter"

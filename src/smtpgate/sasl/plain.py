@@ -24,7 +24,7 @@ def parse(message: bytes) -> tuple[str, str, str]:
     fields = message.split(b"\0")
     if len(fields) != 3:
         raise Malformed("expected [authzid] NUL authcid NUL password")
-    if any(len(f) > MAX_FIELD for f in fields):
+    if max(map(len, fields)) > MAX_FIELD:
         raise Malformed(f"PLAIN field longer than {MAX_FIELD} octets")
     authzid_b, authcid_b, passwd_b = fields
     if not authcid_b or not passwd_b:

@@ -33,7 +33,7 @@ class Attempt:
         a = s.ctx.settings.abuse
         if a is None or not a.counts_auth or self.gate is not None:
             return
-        answer = yield AuthGate(s.vars.remote_ip, login, secret, s.params.auth_errors_wait)
+        answer = yield AuthGate(s.remote_text, login, secret, s.params.auth_errors_wait)
         if isinstance(answer, GateAnswer):
             self.gate = answer
             self.banned = answer.verdict == "banned"

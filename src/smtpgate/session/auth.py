@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import functools
 from typing import TYPE_CHECKING, Generator
 
 from .. import sasl
@@ -296,10 +295,5 @@ def _with_origin(s: "Session", creds: Credentials) -> Credentials:
     ``dataclasses.replace`` costs as much as the rest of a cached PLAIN check (hot path, bench (a))."""
     v = s.vars
     return Credentials(creds.mechanism, creds.username, creds.secret, creds.kind, creds.authzid,
-                       Origin(_text(v.remote_ip), s.remote_port, _text(v.local_ip), v.local_port))
+                       Origin(s.remote_text, s.remote_port, s.local_text, v.local_port))
 
-
-@functools.lru_cache(maxsize=4096)
-def _text(ip: object) -> str:
-    """str() of an address: ipaddress formats it in Python (~1.5 µs), and the same few recur."""
-    return str(ip)

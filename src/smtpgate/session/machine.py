@@ -191,19 +191,23 @@ class Session:
                  "auth_account", "auth_addresses", "auth_failures", "errors", "auth_mechanism", "mail_from",
                  "mail_params", "auth_param", "rcpts", "messages", "reader", "eof", "_handler", "_awaiting_input", "closing",
                  "gone", "_request", "started", "_last_input", "_line_started", "_consumed_mark", "_data_started", "_data_mark",
-                 "events", "__weakref__")
+                 "events", "remote_text", "local_text", "__weakref__")
 
     def __init__(self, ctx: ListenerContext, remote_ip: str, remote_port: int, local_ip: str, local_port: int,
                  tls: TlsInfo | None = None, now: float = 0.0):
         self.ctx = ctx
         self.out: list[bytes] = []
         self.vars = SessionVariables(ctx.listener.id, _ip(remote_ip), _ip(local_ip), local_port, tls is not None)
+        # The addresses as text (canonical: an IPv4-mapped IPv6 address is its IPv4 address), for log
+        # lines, the guard's keys and the lookup's Origin: formatting an ipaddress object costs microseconds.
+        self.remote_text = _ip_text(remote_ip)
+        self.local_text = _ip_text(local_ip)
         self.remote_port = remote_port
         self.state = State.CONNECTED
         self.closing = False                       # state is CLOSED (a plain attribute: read per command)
         self.tls = tls
         # observe.events.SessionEvents: log lines and metrics, emitted where commands are answered
-        self.events = ctx.events.open(self.vars.remote_ip or remote_ip, remote_port, tls)
+        self.events = ctx.events.open(self.remote_text, remote_port, tls)
         self.auth_failures = 0
         self.errors = 0                            # bad commands so far (session.errors.total)
         self.messages = 0
@@ -548,3 +552,9 @@ def _ip(text: str) -> Any:
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         return ip.ipv4_mapped
     return ip
+
+
+@functools.lru_cache(maxsize=4096)
+def _ip_text(text: str) -> str:
+    ip = _ip(text)
+    return text if ip is None else str(ip)

@@ -19,53 +19,57 @@ from ..protocol.reader import SASL_LINE_LIMIT
 UNAVAILABLE = Outcome.UNAVAILABLE
 
 
+# Records built per command on the hot path are plain slotted dataclasses, immutable by convention
+# (never assigned after construction), not frozen=True: a frozen dataclass's __init__ sets each
+# field through object.__setattr__, about three times the cost. unsafe_hash keeps them hashable.
+
 # --- answered by the session from its input ------------------------------------------------------
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class ReadLine:
     limit: int = SASL_LINE_LIMIT        # answer: bytes, or protocol.reader.TOO_LONG, or None (EOF)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class ReadData:
     max_size: int                       # answer: protocol.reader.DataResult, or None (EOF)
 
 
 # --- performed by the transport ------------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class Authenticate:
     lookup: Lookup
     creds: Credentials                  # answer: lookup.base.AuthResult (UNAVAILABLE outcome on error/timeout)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class GetSecret:
     lookup: Lookup
     username: str                       # answer: SecretRecord | None, or UNAVAILABLE
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class Contains:
     lookup: Lookup
     key: str                            # answer: bool, or UNAVAILABLE
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class Sleep:
     seconds: float                      # answer: None (a timer of this session only, never a blocking sleep)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class StartTls:
     pass                                # answer: TlsInfo | None (handshake failed: close)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class Deliver:
     envelope: Envelope                  # answer: list[RcptResult]
     next_hop: str | None = None         # queue.outbound.next-hop: "remote/<id>", or None for the spool
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class Compute:
     fn: Any                             # CPU-heavy, thread-safe callable (SCRAM key derivation)
     args: tuple                         # answer: fn(*args), run in the hash executor; None if it raised
@@ -80,7 +84,7 @@ class Pause:
 PAUSE = Pause()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class TlsInfo:
     """What a finished TLS handshake tells the session (the answer to ``StartTls``)."""
     version: str                        # "TLSv1.3"
