@@ -123,6 +123,11 @@ async def main(args: argparse.Namespace) -> None:
             return transport.written
 
         assert session(0) > 100
+        try:                        # as cli._serve does once the server is up
+            from smtpgate.cli import _tune_gc
+            _tune_gc()
+        except ImportError:
+            pass
         n = args.sessions
         if args.profile:
             import cProfile
