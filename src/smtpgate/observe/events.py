@@ -127,6 +127,69 @@ def quote(text: str) -> str:
     return "".join(out)
 
 
+class _Connect(Event):
+    """The per-session lines are the hot ones (three per session): each renders with one f-string, and
+    builds its field list only for JSON output."""
+    __slots__ = ("sid", "listener", "remote", "port", "tls")
+
+    def __init__(self, sid: str, listener: str, remote: str, port: int, tls: str):
+        self.name = "connect"
+        self.sid, self.listener, self.remote, self.port, self.tls = sid, listener, remote, port, tls
+
+    @property
+    def fields(self) -> list[tuple[str, Any]]:  # type: ignore[override]
+        return [("session", self.sid), ("listener", self.listener), ("remote", self.remote),
+                ("port", self.port), ("tls", self.tls)]
+
+    def __str__(self) -> str:
+        return f"connect session={self.sid} listener={self.listener} remote={self.remote} port={self.port} tls={self.tls}"
+
+
+class _Auth(Event):
+    __slots__ = ("sid", "listener", "remote", "port", "mechanism", "user", "result", "failures", "reason")
+
+    def __init__(self, sid: str, listener: str, remote: str, port: int, mechanism: str, user: str, result: str,
+                 failures: int, reason: str):
+        self.name = "auth"
+        self.sid, self.listener, self.remote, self.port = sid, listener, remote, port
+        self.mechanism, self.user, self.result, self.failures, self.reason = mechanism, user, result, failures, reason
+
+    @property
+    def fields(self) -> list[tuple[str, Any]]:  # type: ignore[override]
+        fields: list[tuple[str, Any]] = [
+            ("listener", self.listener), ("remote", self.remote), ("port", self.port), ("mechanism", self.mechanism),
+            ("user", Quoted(self.user)), ("result", self.result), ("failures", self.failures)]
+        if self.reason:
+            fields.append(("reason", Quoted(self.reason)))
+        fields.append(("session", self.sid))
+        return fields
+
+    def __str__(self) -> str:
+        reason = f" reason={quote(self.reason)}" if self.reason else ""
+        return (f"auth listener={self.listener} remote={self.remote} port={self.port} mechanism={self.mechanism} "
+                f"user={quote(self.user)} result={self.result} failures={self.failures}{reason} session={self.sid}")
+
+
+class _Disconnect(Event):
+    __slots__ = ("sid", "listener", "remote", "port", "tally", "duration")
+
+    def __init__(self, sid: str, listener: str, remote: str, port: int, tally: list[tuple[str, str]],
+                 duration: float):
+        self.name = "disconnect"
+        self.sid, self.listener, self.remote, self.port = sid, listener, remote, port
+        self.tally, self.duration = tally, duration     # [(verb, "ok" or "ok/total")], "commands" last
+
+    @property
+    def fields(self) -> list[tuple[str, Any]]:  # type: ignore[override]
+        return [("session", self.sid), ("listener", self.listener), ("remote", self.remote), ("port", self.port),
+                *self.tally, ("duration", self.duration)]
+
+    def __str__(self) -> str:
+        tally = " ".join([f"{verb}={count}" for verb, count in self.tally])
+        return (f"disconnect session={self.sid} listener={self.listener} remote={self.remote} port={self.port} "
+                f"{tally} duration={self.duration:.3f}")
+
+
 # Refusals recognised by the reply a command ended with (the reply constants are the protocol's one
 # table of texts, so the reply identifies the decision). Other components (throttles, bans) add theirs
 # with register_refusal().
@@ -204,9 +267,8 @@ class ListenerEvents:
         if tls is not None:
             self.m_tls[("implicit", "ok")].inc()
         if log_session.isEnabledFor(INFO):
-            _emit("smtpgate.session", INFO, Event("connect", [("session", ev.sid), ("listener", self.id),
-                                               ("remote", ev.remote), ("port", remote_port),
-                                               ("tls", tls.version if tls is not None else "no")]))
+            _emit("smtpgate.session", INFO, _Connect(ev.sid, self.id, ev.remote, remote_port,
+                                                     tls.version if tls is not None else "no"))
         return ev
 
     def connection_refused(self, reason: str, remote_ip: Any = None, remote_port: int = 0,
@@ -333,13 +395,8 @@ class SessionEvents:
     def auth(self, mechanism: str, user: str, result: str, failures: int, reason: str = "") -> None:
         self.le._auth_child(mechanism, result).inc()
         if log_auth.isEnabledFor(INFO):
-            fields: list[tuple[str, Any]] = [
-                ("listener", self.le.id), ("remote", self.remote), ("port", self.port), ("mechanism", mechanism),
-                ("user", Quoted(user)), ("result", result), ("failures", failures)]
-            if reason:
-                fields.append(("reason", Quoted(reason)))
-            fields.append(("session", self.sid))
-            _emit("smtpgate.auth", INFO, Event("auth", fields))
+            _emit("smtpgate.auth", INFO, _Auth(self.sid, self.le.id, self.remote, self.port, mechanism, user, result,
+                                               failures, reason))
 
     # -- TLS, delivery (transport) ---------------------------------------------------------------------
     def starttls(self, info: Any) -> None:
@@ -379,8 +436,7 @@ class SessionEvents:
         self.done = True
         self.le.m_active.dec()
         if log_session.isEnabledFor(INFO):
-            fields: list[tuple[str, Any]] = [("session", self.sid), ("listener", self.le.id),
-                                             ("remote", self.remote), ("port", self.port)]
+            fields: list[tuple[str, str]] = []
             ok_all = total_all = 0
             tally = self.tally
             for verb in sorted(tally, key=_TALLY_RANK.__getitem__) if len(tally) > 1 else tally:
@@ -389,8 +445,8 @@ class SessionEvents:
                 total_all += total
                 fields.append((verb, str(ok) if ok == total else f"{ok}/{total}"))
             fields.append(("commands", str(ok_all) if ok_all == total_all else f"{ok_all}/{total_all}"))
-            fields.append(("duration", time.monotonic() - self.started))
-            _emit("smtpgate.session", INFO, Event("disconnect", fields))
+            _emit("smtpgate.session", INFO, _Disconnect(self.sid, self.le.id, self.remote, self.port, fields,
+                                                        time.monotonic() - self.started))
 
     # -- debug: the dialogue --------------------------------------------------------------------------
     def sent(self, out: list[bytes]) -> None:
