@@ -5,7 +5,9 @@
     .venv/bin/python bench/metrics_overhead.py --rounds 7 --duration 8 --conc 64 --scrape-interval 1 --submit
 
 Variants, started side by side on free 127.0.0.1 ports and measured alternately (A B C, C B A, ...):
-  off     no ``protocol = "http"`` listener: nothing is counted (log lines as usual, level info)
+  off     no ``protocol = "http"`` listener (log lines as usual, level info); metrics are still counted,
+          as a reload may add the listener (before that change nothing was counted here: compare with
+          ``SMTPGATE_BEFORE=<rev> bench/run.py --servers smtpgate,smtpgate-before``)
   on      a management listener, and a scraper reading /metrics every --scrape-interval seconds during
           the measured window (far more often than Prometheus' usual 15 s)
   quiet   like off, with ``server.log.level = "warning"``: what the per-session log lines

@@ -19,7 +19,11 @@ next hops -- next to the running one, and swaps it in only when every part of it
    afterwards; OpenSSL gives each connection its own copy, so handshakes in progress are not disturbed).
 4. Listeners: added ones are bound in step 1; removed ones stop accepting (their sessions finish); a
    listener keeps the sockets of the addresses it keeps, gets new ones for added addresses, and its
-   sockets for dropped addresses are closed at the swap.
+   sockets for dropped addresses are closed at the swap. Management (``http``) listeners follow the same
+   rules through the observer (``observe/observer.py``): their sockets come and go the same way, a
+   dropped socket's connections close once their request in progress is answered, and the handlers read
+   the serving configuration (token included) at each request. Metrics are counted whether or not a
+   management listener exists, so one added by a reload exposes true figures from its first scrape.
 5. The old generation's lookups are closed once no session of that generation remains (checked every
    second), so a session halfway through AUTH still has its store.
 
@@ -260,14 +264,21 @@ async def _reload(server: Any, path: str) -> str | None:
             server._ssl_contexts[ident] = ssl_ctx
         else:
             server._ssl_contexts.pop(ident, None)
-        server._contexts[ident] = ctx
+        if ctx is not None:
+            server._contexts[ident] = ctx
+        else:                                   # a management listener: no SMTP context
+            server._contexts.pop(ident, None)
     for ident in [i for i in list(server._servers) if i not in settings.listeners]:
         retired_servers += server._servers.pop(ident)
         server._ssl_contexts.pop(ident, None)
         server._contexts.pop(ident, None)
-        log.info("listener %s removed: no new connections, its sessions finish", ident)
+        log.info("listener %s removed: no new connections, %s", ident,
+                 "its requests in progress are answered" if old_settings.listeners[ident].protocol == "http"
+                 else "its sessions finish")
     for srv in retired_servers:
         srv.close()
+        server.observer.closed(srv)             # a management socket's connections close after their request
+    server.observer.reloaded()
     _retire_when_idle(server, old_settings, old_lookups, old_delivery)
     log.info("configuration reloaded from %s: %d listener(s); sessions in progress keep the previous settings",
              path, len(settings.listeners))
@@ -287,25 +298,24 @@ def _next_guard(server: Any, settings: Any) -> Any:
 
 
 async def _prepare_listeners(server: Any, settings: Any, lookups: dict, built: dict) -> dict:
-    """ident -> (ListenerContext, SSLContext | None, the listener's asyncio servers, servers to close)."""
+    """ident -> (ListenerContext | None, SSLContext | None, the listener's asyncio servers, servers to close).
+    SMTP/LMTP listeners get a context; management (``http``) listeners get none: the observer serves them."""
     from .server.tls import server_context
     plan = {}
     for ident, listener in settings.listeners.items():
         old = server.settings.listeners.get(ident)
-        if listener.protocol not in ("smtp", "lmtp"):
-            # Another kind of listener (a management listener, say) is served by code this module does
-            # not drive: it may stay as it is, not come, go or move by reload.
-            if old is None or old.binds != listener.binds or ident not in server._servers:
-                raise ConfigError(f"server.listener.{ident}", f"a {listener.protocol!r} listener cannot be added "
-                                                             "or moved by a reload; restart smtpgate")
-            continue
+        http = listener.protocol == "http"
+        if old is not None and (old.protocol == "http") != http:
+            old = None              # SMTP <-> management: other code serves it, so other sockets
+        # A management listener speaks TLS only when implicit (HTTP has no STARTTLS; an inherited
+        # server.tls.enable does not turn it on), as at startup (observe/observer.py).
         ssl_ctx = None
-        if listener.tls.enable:
+        if listener.tls.implicit if http else listener.tls.enable:
             try:
                 ssl_ctx = server_context(settings.certificates[listener.tls.certificate], listener.tls)
             except ssl.SSLError as exc:
                 raise ConfigError(f"certificate.{listener.tls.certificate}", f"cannot be loaded: {exc.reason or exc}") from None
-        ctx = server._context(settings, listener, lookups, ssl_ctx)
+        ctx = None if http else server._context(settings, listener, lookups, ssl_ctx)
         # Sockets of addresses the listener keeps stay open (no refused connection, no lost backlog);
         # only added addresses are bound, removed ones closed at the swap. Switching implicit TLS on or
         # off needs other sockets (server/tls_listener.py accepts implicit-TLS connections itself).
@@ -328,23 +338,24 @@ async def _prepare_listeners(server: Any, settings: Any, lookups: dict, built: d
                 continue
             host, port = bind
             try:
-                srv = await server._listen(ctx, ssl_ctx, host, port)
+                if http:
+                    srv = await server.observer.listen(listener, ssl_ctx, host, port)
+                else:
+                    srv = await server._listen(ctx, ssl_ctx, host, port)
             except OSError as exc:
-                raise ConfigError(f"server.listener.{ident}.bind",
-                                  f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+                # The words of a failed start (startup.py): the errno's text, and a hint for the usual causes.
+                from .startup import bind_error
+                key, _, reason = bind_error(ident, host, port, exc).partition(": ")
+                raise ConfigError(key, reason) from None
             servers.append(srv)
             fresh.append(srv)
         retire = [srv for srv in current if srv not in servers]
         socks = [sock for srv in servers for sock in srv.sockets]
-        if len(socks) == 1:
+        if ctx is not None and len(socks) == 1:
             host, port = socks[0].getsockname()[:2]
             if host not in ("0.0.0.0", "::"):
                 ctx.local_addr = (host, port)
         plan[ident] = (ctx, ssl_ctx, servers, retire)
-    for ident, old in server.settings.listeners.items():
-        if ident not in settings.listeners and old.protocol not in ("smtp", "lmtp"):
-            raise ConfigError(f"server.listener.{ident}", f"a {old.protocol!r} listener cannot be removed by a "
-                                                         "reload; restart smtpgate")
     return plan
 
 
@@ -378,6 +389,7 @@ async def _discard(server: Any, built: dict) -> None:
     for servers in built["servers"].values():
         for srv in servers:
             srv.close()
+            server.observer.closed(srv)
     for lk in registry.unique(built["lookups"]):
         if lk in server._custom_lookups.values():
             continue

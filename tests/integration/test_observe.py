@@ -1,15 +1,18 @@
 """Issue 12 items 1 and 4 over real sockets: /metrics scraped and parsed with prometheus_client's parser
 after real SMTP sessions, /healthz and /readyz, the token-protected JSON API, and the MTA log lines
-(connect, auth, reject, message, disconnect with a command tally, the masked debug dialogue)."""
+(connect, auth, reject, message, disconnect with a command tally, the masked debug dialogue; the
+too-many-errors refusal, matched by the fail2ban filter)."""
 from __future__ import annotations
 
 import base64
 import hashlib
 import re
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Iterator
@@ -21,7 +24,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.fixtures.server import SERVER_HEAD, RunningServer, listeners, run_server
 from tests.fixtures.auth_session import make_user_store, plain_ir
 from tests.smtpclient import Raw, client_tls
-from tests.support import free_port, need_binary
+from tests.support import free_port, need_binary, port_open
+
+FILTER = Path(__file__).resolve().parents[2] / "contrib" / "fail2ban" / "filter.d" / "smtpgate.conf"
 
 TOKEN = "t0ken-5a1f-never-log-me"
 TOKEN_HASH = "{SHA256}" + base64.b64encode(hashlib.sha256(TOKEN.encode()).digest()).decode()
@@ -544,3 +549,79 @@ def test_api_explain_evaluates_the_running_config_without_counting(srv):
         bad = client.post("/api/explain", headers=auth, json={"listener": "strict", "remote-ip": "not-an-ip"})
         assert bad.status_code == 400 and "not an IP address" in bad.json()["error"]
         assert client.post("/api/explain", headers=auth, json={"listener": "strict"}).status_code == 400
+
+
+# --- session.errors.total: one reject line, counted, matched by the fail2ban filter --------------------
+
+def test_too_many_errors_is_a_logged_and_counted_refusal(srv):
+    before = scrape(srv)
+    start = len(srv.logs)
+    c = Raw(srv.port("submission"))
+    port = c.sock.getsockname()[1]
+    assert c.cmd("EHLO client.test").startswith("250-")
+    for _ in range(20):                          # session.errors.total: 20 by default
+        assert c.cmd("BOGUS").startswith("500 ")
+    assert c.reply() == "421 4.7.0 Too many errors, closing connection."
+    assert c.closed()
+    c.close()
+    wait_for(lambda: any("disconnect session=" in line for line in srv.logs[start:]))
+    logs = srv.logs[start:]
+    sid = next(m for m in map(CONNECT.match, logs) if m and int(m["port"]) == port)["sid"]
+    rejects = [REJECT.match(line) for line in lines_of(logs, sid) if "reject session=" in line]
+    assert [(m["command"], m["reason"], m["reply"]) for m in rejects] == [
+        ("UNKNOWN", "too-many-errors", "421 4.7.0 Too many errors, closing connection.")]
+    after = scrape(srv)
+    assert (value(after, "smtpgate_refusals_total", listener="submission", reason="too-many-errors")
+            - value(before, "smtpgate_refusals_total", listener="submission", reason="too-many-errors")) == 1
+
+
+def test_fail2ban_filter_matches_too_many_errors(tmp_path):
+    """The real ``fail2ban-regex`` over a real ``smtpgate serve`` log: a session closed for too many bad
+    commands is matched once; one that stays under the limit is not."""
+    regex_bin = need_binary("fail2ban-regex")
+    port = free_port()
+    cfg = tmp_path / "smtpgate.toml"
+    cfg.write_text(f"""
+[server]
+hostname = "mx.test"
+[server.listener.smtp]
+bind = "127.0.0.1:{port}"
+[session.errors]
+total = 3
+[queue]
+path = "{tmp_path}/spool"
+""")
+    log = tmp_path / "smtpgate.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "smtpgate", "serve", "--config", str(cfg)],
+                                stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path)
+        try:
+            deadline = time.monotonic() + 15
+            while not port_open("127.0.0.1", port):
+                assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+                time.sleep(0.05)
+            fuzzer = Raw(port)
+            for _ in range(3):
+                assert fuzzer.cmd("BOGUS").startswith("500 ")
+            assert fuzzer.reply().startswith("421 4.7.0 Too many errors")
+            fuzzer.close()
+            clumsy = Raw(port)                   # two mistakes, then a proper end: not abuse
+            assert clumsy.cmd("HELO").startswith("501 ")
+            assert clumsy.cmd("BOGUS").startswith("500 ")
+            assert clumsy.cmd("QUIT").startswith("221 ")
+            clumsy.close()
+            deadline = time.monotonic() + 10
+            while log.read_text().count(" disconnect session=") < 2:
+                assert time.monotonic() < deadline, log.read_text()
+                time.sleep(0.05)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(15)
+    text = log.read_text()
+    assert text.count("reason=too-many-errors") == 1, text
+    result = subprocess.run([regex_bin, "-o", "ip", str(log), str(FILTER)], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["127.0.0.1"], result.stdout
+    summary = subprocess.run([regex_bin, str(log), str(FILTER)], capture_output=True, text=True, timeout=60)
+    assert re.search(r"Lines: \d+ lines, 0 ignored, 1 matched, \d+ missed", summary.stdout), summary.stdout

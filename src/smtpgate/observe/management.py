@@ -26,6 +26,8 @@ the loop the SMTP sessions use (``loop.create_server`` with aiohttp's protocol f
 no thread and sees the same objects. The token is checked in constant time through the same verifier
 as user passwords (``lookup/secrets.py``: a hashed token may be an argon2 hash, run in the hash executor);
 a verified token is remembered as a keyed digest so a scraper-like client does not hash on every call.
+Handlers read the server's settings, lookups and token at each request, so a reload changes what they
+answer without restarting anything here (``observer.py`` adds and drops the listening sockets).
 """
 from __future__ import annotations
 
@@ -55,9 +57,8 @@ class Management:
     def __init__(self, server: Any, metrics: Any):
         self.server = server
         self.metrics = metrics
-        self.token = server.settings.observe.management.token
         self._key = os.urandom(32)
-        self._verified: bytes | None = None
+        self._verified: tuple[str, bytes] | None = None    # (token setting, keyed digest of what matched it)
         self.app = web.Application(client_max_size=MAX_BODY, middlewares=[self._guard])
         r = self.app.router
         r.add_get("/metrics", self.get_metrics)
@@ -85,6 +86,11 @@ class Management:
         await self.runner.cleanup()
 
     # -- the token ---------------------------------------------------------------------------------
+    @property
+    def token(self) -> str | None:
+        """``server.management.token`` of the configuration serving now (a reload may change it)."""
+        return self.server.settings.observe.management.token
+
     @web.middleware
     async def _guard(self, request: web.Request, handler: Any) -> web.StreamResponse:
         if request.path.startswith("/api/"):
@@ -107,12 +113,16 @@ class Management:
         if scheme.lower() != "bearer" or not presented.strip():
             return False
         presented = presented.strip()
+        token = self.token
         digest = hmac.digest(self._key, presented.encode("utf-8", "surrogateescape"), "sha256")
-        if self._verified is not None and hmac.compare_digest(digest, self._verified):
+        verified = self._verified
+        # Remembered only for the token it matched: after a reload that changes the token, the old one
+        # is checked against the new setting like any other.
+        if verified is not None and verified[0] == token and hmac.compare_digest(digest, verified[1]):
             return True
         from ..lookup import secrets
-        if await secrets.verify(self.token, presented):
-            self._verified = digest
+        if token is not None and await secrets.verify(token, presented):
+            self._verified = (token, digest)
             return True
         return False
 
@@ -302,30 +312,3 @@ async def _body(request: web.Request) -> dict[str, Any]:
         raise web.HTTPBadRequest(reason="the body must be a JSON object")
     return body
 
-
-class LagMonitor:
-    """Event-loop lag: how late a timer due every :attr:`interval` seconds actually ran."""
-
-    interval = 0.5
-
-    def __init__(self, metrics: Any):
-        self.lag = metrics.loop_lag.labels_()
-        self.lag_max = metrics.loop_lag_max.labels_()
-        self._task: asyncio.Task | None = None
-
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run())
-
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            due = loop.time() + self.interval
-            await asyncio.sleep(self.interval)
-            lag = max(0.0, loop.time() - due)
-            self.lag.set(lag)
-            if lag > self.lag_max.value:
-                self.lag_max.set(lag)
-
-    def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()

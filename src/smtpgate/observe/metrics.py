@@ -12,7 +12,8 @@ several servers in one process), read when ``/metrics`` is scraped.
 Values read only at scrape time (hash-executor queue depth, lookup cache hits/misses) are callbacks,
 so they cost nothing between scrapes.
 
-:data:`NULL` stands in when no management listener is configured: same interface, nothing counted.
+:data:`NULL` stands in where no server counts (sessions driven without a server, in tests or by an
+embedder): same interface, nothing counted. A server always counts, with or without a management listener.
 """
 from __future__ import annotations
 
@@ -204,7 +205,7 @@ class _NullFamily:
 
 
 class _NullMetrics:
-    """No management listener: nothing to expose, so nothing is counted."""
+    """No server to expose them: nothing is counted."""
     enabled = False
 
     def __getattr__(self, name: str) -> _NullFamily:
@@ -240,15 +241,19 @@ def executor_queue_depth() -> Iterable[Any]:
     yield fam
 
 
-def cache_collector(lookups: dict[str, Any]) -> Callable[[], Iterable[Any]]:
-    """Hits and misses of every lookup with a result cache (``cache.entries``), read from its stats."""
-    cached = {}
-    for name, lk in lookups.items():
-        stats = getattr(lk, "stats", None)
-        if stats is not None and hasattr(stats, "hits") and id(lk) not in {id(v) for v in cached.values()}:
-            cached[name] = lk
+def cache_collector(current: Callable[[], dict[str, Any]]) -> Callable[[], Iterable[Any]]:
+    """Hits and misses of every lookup with a result cache (``cache.entries``), read from its stats.
+    ``current()`` gives the lookups serving now: a reload builds new ones (their counts start at zero,
+    which Prometheus' rate() reads as a counter reset)."""
 
     def collect() -> Iterable[Any]:
+        cached: dict[str, Any] = {}
+        seen: set[int] = set()
+        for name, lk in current().items():
+            stats = getattr(lk, "stats", None)
+            if stats is not None and hasattr(stats, "hits") and id(lk) not in seen:   # aliases: once
+                seen.add(id(lk))
+                cached[name] = lk
         hits = CounterMetricFamily("smtpgate_lookup_cache_hits", "Lookup answers served from the result cache",
                                    labels=("lookup",))
         misses = CounterMetricFamily("smtpgate_lookup_cache_misses", "Lookup requests the result cache could not "

@@ -413,6 +413,7 @@ class Session:
                 if self.closing:
                     return None
                 if self.errors >= self.params.errors_total:
+                    self.events.refused("too-many-errors", R.TOO_MANY_ERRORS)   # the reject line, counted
                     self.close(R.TOO_MANY_ERRORS)   # like Postfix's hard error limit: no more parsing
                     return None
                 if budget == 0:
