@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -429,6 +430,12 @@ async def _retire(server: Any, lookups: dict, delivery: Any) -> None:
             log.exception("closing lookup %s", lk.name)
     if delivery is not None and delivery is not server.delivery and delivery is not server._custom_delivery:
         await delivery.close()
+    if gc.get_freeze_count():
+        # `smtpgate serve` froze what startup built (cli._tune_gc): let the collector see the retired
+        # configuration's cycles, then freeze what is left, the new configuration included.
+        gc.unfreeze()
+        gc.collect()
+        gc.freeze()
     log.debug("previous configuration retired: its last session ended")
 
 
