@@ -357,6 +357,13 @@ class Guard:
             return self.auth_done_now(req.ticket, req.outcome)
         return drive(self.perform(req))
 
+    def notify(self, req: Any) -> None:
+        """A request nobody waits for (a session's notice: AuthDone of a success or tempfail)."""
+        if self.immediate:
+            self.answer_now(req, None)
+        else:
+            asyncio.get_running_loop().create_task(_quietly(self.perform(req)))
+
     def offence_soon(self, kind: str, remote_ip: Any) -> None:
         """Count an offence of a connection that is going away (nothing waits for the answer)."""
         if kind not in self._ban_kinds:
@@ -437,6 +444,13 @@ def _login_key(login_l: str) -> str:
     """A login's counting key (a digest: names of any length make keys of one size). Cached: the same
     logins come back all day, and each digest is a hash object built and thrown away."""
     return hashlib.blake2b(login_l.encode("utf-8", "surrogatepass"), digest_size=12).hexdigest()
+
+
+async def _quietly(coro: Coroutine) -> None:
+    try:
+        await coro
+    except Exception:  # noqa: BLE001 - nobody waits for it: log, never raise into the loop's handler
+        log.exception("abuse store update failed")
 
 
 def _log_ban(ban: Ban) -> None:

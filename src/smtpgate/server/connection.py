@@ -218,6 +218,8 @@ class SmtpConnection(asyncio.Protocol):
             s.out.append(R.INTERNAL)
             self._abort()
             return True
+        if s.notices:
+            self._hand_on(s)
         self._flush()
         if req is None:
             if s.closing:
@@ -254,6 +256,20 @@ class SmtpConnection(asyncio.Protocol):
                 self.session.resume(value)         # the abandoned attempt's verdict, to be recorded
             except Exception:  # noqa: BLE001
                 log.exception("recording an abandoned attempt failed")
+            if self.session.notices:
+                self._hand_on(self.session)
+
+    def _hand_on(self, s: Session) -> None:
+        """The session's notices (requests nobody waits for) to the guard that serves them."""
+        notices, s.notices = s.notices, []
+        guard = self.server.guard
+        if guard is None:
+            return
+        for req in notices:
+            try:
+                guard.notify(req)
+            except Exception:  # noqa: BLE001 - the guard's failure never fails the client
+                log.exception("abuse guard notice %s failed", type(req).__name__)
 
     async def _serve(self, req: Any) -> None:
         """Perform one async request and resume the session with its answer."""

@@ -2,7 +2,8 @@
 as generators yielding the requests of ``abuse/requests.py``. Each helper is a no-op (yields nothing)
 when its feature is off, so a session without throttles or auto-ban never pays for them.
 
-    auth.py  -> :class:`Attempt` (before the lookup; the verdict afterwards)
+    auth.py  -> :class:`Attempt` (before the lookup; the verdict afterwards: a request for a failure, a
+                notice in ``Session.notices`` for a success or tempfail)
     mail.py  -> :func:`rate` ("mail")          rcpt.py -> :func:`rate` ("rcpt"), :func:`offence` ("abuse")
 
 An answer that is not what the guard promises (None when the transport failed) counts as "no
@@ -49,11 +50,16 @@ class Attempt:
             return s.params.auth_errors_wait
         return 0.0 if self.gate.verdict == "banned" else self.gate.wait   # a banned client is closed at once
 
-    def settle(self, outcome: str) -> Generator:
-        """``outcome``: "success" | "invalid" | "tempfail"."""
+    def settle(self, s: "Session", outcome: str) -> Generator:
+        """``outcome``: "success" | "invalid" | "tempfail". Only a failure can earn a ban, so only a failure
+        waits for the guard's answer; a success or tempfail is a notice the transport hands on after this
+        step (``Session.notices``): the client's reply does not wait for the store."""
         if self.gate is None or self.settled or self.gate.ticket is None:
             return
         self.settled = True
+        if outcome != "invalid":
+            s.notices.append(AuthDone(self.gate.ticket, outcome))
+            return
         banned = yield AuthDone(self.gate.ticket, outcome)
         self.banned = self.banned or banned is True
 

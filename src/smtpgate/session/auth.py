@@ -152,7 +152,7 @@ def _count_failure(s: "Session", mechanism: str, user: str, result: str, att: At
     s.auth_failures += 1
     _record_attempt(s, mechanism, user, result, reason)
     if att is not None:
-        yield from att.settle("invalid")
+        yield from att.settle(s, "invalid")
     yield Sleep(att.wait(s) if att is not None else s.params.auth_errors_wait)
 
 
@@ -210,7 +210,7 @@ def _dialogue(s: "Session", name: str, mech, initial: str | None, att: Attempt) 
                 _record_attempt(s, name, user, "abandoned", f"verdict {result.outcome.value}")
                 return None
             if result.outcome is Outcome.UNAVAILABLE:
-                yield from att.settle("tempfail")
+                yield from att.settle(s, "tempfail")
                 _record_attempt(s, name, user, "tempfail", result.reason)
                 s.reply(R.AUTH_TEMPFAIL)
                 return None
@@ -228,14 +228,14 @@ def _dialogue(s: "Session", name: str, mech, initial: str | None, att: Attempt) 
                 return _Verdict(R.AUTH_INVALID, name, user, "invalid", reason=att.refused)
             record = yield GetSecret(lookup, action.username)
             if record is UNAVAILABLE:
-                yield from att.settle("tempfail")
+                yield from att.settle(s, "tempfail")
                 _record_attempt(s, name, user, "tempfail", "secret lookup unavailable")
                 s.reply(R.AUTH_TEMPFAIL)
                 return None
             if mech.secret_is_costly(record):
                 action = yield Compute(mech.secret, (record,))   # e.g. PBKDF2: never on the event loop
                 if action is None:
-                    yield from att.settle("tempfail")
+                    yield from att.settle(s, "tempfail")
                     _record_attempt(s, name, user, "tempfail", "secret processing failed")
                     s.reply(R.AUTH_TEMPFAIL)
                     return None
@@ -265,14 +265,14 @@ def _dialogue(s: "Session", name: str, mech, initial: str | None, att: Attempt) 
             s.auth_addresses = addresses
             s.auth_mechanism = name
             s.vars.authenticated_as = account.lower()
-            yield from att.settle("success")
+            yield from att.settle(s, "success")
             _record_attempt(s, name, action.account, "success")
             s.reply(R.AUTH_OK)
             return None
         elif isinstance(action, Failure):
             user = action.username or user
             if action.kind == "unavailable":
-                yield from att.settle("tempfail")
+                yield from att.settle(s, "tempfail")
                 _record_attempt(s, name, user, "tempfail", action.detail)
                 s.reply(R.AUTH_TEMPFAIL)
                 return None

@@ -15,7 +15,8 @@ The transport (``server/connection.py``) gives it bytes and performs what it ask
 ``advance``/``resume`` return ``None`` (wait for more input -- or the session is over: ``closing``),
 :data:`~.requests.PAUSE` (a bounded batch of pipelined commands was answered: give the loop back and call
 ``advance`` again soon), or a request from :mod:`.requests` for the outside world (a lookup, a delay, a
-TLS handshake, a delivery, CPU work).
+TLS handshake, a delivery, CPU work). ``session.notices`` holds requests nobody waits for (the guard told
+of a successful or tempfailed AUTH); the transport hands them on after each step and clears the list.
 
 **State.** The session is always in one :class:`State`. :data:`TRANSITIONS` is the only place that says
 which :class:`Event` moves it where; the stage modules report what happened through the session's
@@ -191,12 +192,13 @@ class Session:
                  "auth_account", "auth_addresses", "auth_failures", "errors", "auth_mechanism", "mail_from",
                  "mail_params", "auth_param", "rcpts", "messages", "reader", "eof", "_handler", "_awaiting_input", "closing",
                  "gone", "_request", "started", "_last_input", "_line_started", "_consumed_mark", "_data_started", "_data_mark",
-                 "events", "remote_text", "local_text", "__weakref__")
+                 "events", "remote_text", "local_text", "notices", "__weakref__")
 
     def __init__(self, ctx: ListenerContext, remote_ip: str, remote_port: int, local_ip: str, local_port: int,
                  tls: TlsInfo | None = None, now: float = 0.0):
         self.ctx = ctx
         self.out: list[bytes] = []
+        self.notices: list[Any] = []               # requests nobody waits for; the transport hands them on
         self.vars = SessionVariables(ctx.listener.id, _ip(remote_ip), _ip(local_ip), local_port, tls is not None)
         # The addresses as text (canonical: an IPv4-mapped IPv6 address is its IPv4 address), for log
         # lines, the guard's keys and the lookup's Origin: formatting an ipaddress object costs microseconds.
