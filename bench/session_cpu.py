@@ -6,7 +6,7 @@ through the batching handler to /dev/null). No kernel, no client: far less noisy
 shared machine, so it shows what a hot-path change is worth; run.py remains the figure that counts.
 
     .venv/bin/python bench/session_cpu.py [--sessions 10000] [--rounds 5] [--profile]
-    PYTHONPATH=/tmp/before/src .venv/bin/python bench/session_cpu.py      # another tree (git archive)
+    PYTHONPATH=/tmp/before/src .venv/bin/python bench/session_cpu.py      # another tree (git archive), 1f003db on
 
 Prints the best round's process CPU (all threads: the log writer too) per session, or with
 ``--profile`` the function calls per session and the costliest functions (cProfile).
@@ -26,7 +26,10 @@ from smtpgate.config.load import load_file
 from smtpgate.logsink import BatchingHandler
 from smtpgate.server import Server
 from smtpgate.server.connection import SmtpConnection
-from smtpgate.session.context import ListenerContext
+try:
+    from smtpgate.session.context import ListenerContext
+except ImportError:  # trees before the session-core redesign (1f003db)
+    from smtpgate.session.machine import ListenerContext
 
 USERS = [(f"user{i:04d}@bench.localhost", f"password-{i:04d}") for i in range(1, 1001)]
 AUTH_LINES = [b"AUTH PLAIN " + base64.b64encode(b"\0" + u.encode() + b"\0" + p.encode()) + b"\r\n" for u, p in USERS]
