@@ -259,7 +259,7 @@ class Guard:
         undo = [Hit(h.key, h.ttl, h.once, -1) for h in ticket.hits]
         marks = [(f"a:trust:{ticket.ip}:{ticket.login_key}", self.settings.auth_trust)] if outcome == "success" else []
         if undo or marks:
-            await self.store.hit(undo, set_marks=marks)
+            self.store.hit_soon(undo, set_marks=marks)     # the client's reply need not wait for the store
         return False
 
     # -- other offences -------------------------------------------------------------------------------------

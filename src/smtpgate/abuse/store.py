@@ -17,6 +17,7 @@ run them synchronously with :func:`drive` instead of scheduling a task.
 from __future__ import annotations
 
 import abc
+import asyncio
 from dataclasses import dataclass, field
 from typing import Any, Coroutine, Sequence
 
@@ -69,6 +70,14 @@ class Store(abc.ABC):
         """One atomic batch: whether each of ``check_marks`` is set (looked at first), every hit applied,
         every ``(mark, ttl)`` of ``set_marks`` set. Returns ``(count after, counted)`` per hit and the
         checked marks' states."""
+
+    def hit_soon(self, hits: Sequence[Hit], *, set_marks: Sequence[tuple[str, float]] = ()) -> None:
+        """:meth:`hit` when nobody needs the answer (an undo, a trust mark): nothing waits for it."""
+        coro = self.hit(hits, set_marks=set_marks)
+        if self.immediate:
+            drive(coro)
+        else:
+            asyncio.get_running_loop().create_task(coro)
 
     @abc.abstractmethod
     async def peek(self, counters: Sequence[str], marks: Sequence[str] = ()) -> tuple[list[int], list[bool]]:
