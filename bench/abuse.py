@@ -57,6 +57,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from tests.fixtures import haproxy as haproxy_fixture  # noqa: E402
 from tests.fixtures.haproxy import run_haproxy  # noqa: E402
 from tests.fixtures.nodes import start_node  # noqa: E402
 from tests.fixtures.redis import PrivateRedis  # noqa: E402
@@ -270,6 +271,15 @@ def _machine() -> tuple[float, float]:
     return (sum(v[:8]) - v[3] - v[4]) / CLK, v[6] / CLK
 
 
+def _haproxy_threads(n: int) -> None:
+    """The test fixture's HAProxy configuration with ``nbthread n`` in its global section."""
+    build = haproxy_fixture.haproxy_config
+
+    def config(*a, **kw) -> str:
+        return build(*a, **kw).replace("global\n", f"global\n    nbthread {n}\n", 1)
+    haproxy_fixture.haproxy_config = config
+
+
 def _wait_quiet(cores: float, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while True:
@@ -438,6 +448,9 @@ def main() -> int:
                          "before reconnecting; without it all 1,000 run in lockstep (started in the same "
                          "millisecond, then paced by the server's fixed errors.wait and the fixed pause), so "
                          "every node gets each round of guesses or reconnects as one burst")
+    ap.add_argument("--haproxy-threads", type=int, default=0,
+                    help="HAProxy's nbthread (default: HAProxy's own, one per core); on 2 cores shared with "
+                         "everything else, 1 costs less CPU per connection and waits less for a core")
     ap.add_argument("--node-log-level", default="info",
                     help="the nodes' --log-level (info: every AUTH and refusal is a line, as the figures above need)")
     ap.add_argument("--quiet", type=float, default=0.0, metavar="CORES",
@@ -453,6 +466,8 @@ def main() -> int:
     rate_count = int(args.auth_rate.split("/")[0])
     if args.quiet > 0:
         _wait_quiet(args.quiet, args.quiet_timeout)
+    if args.haproxy_threads:
+        _haproxy_threads(args.haproxy_threads)
 
     tmp = Path(tempfile.mkdtemp(prefix="smtpgate-nodes-bench-"))
     users = ", ".join(f'"good{i}@example.bench:good-good{i}@example.bench"' for i in range(GOOD))
@@ -549,7 +564,8 @@ def main() -> int:
     result = {
         "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
         "attackers": args.attackers, "attack_ips": len(ATTACK_IPS), "user_names": NAMES, "good_clients": GOOD,
-        "auth_rate": args.auth_rate, "errors_wait": args.wait,
+        "auth_rate": args.auth_rate, "errors_wait": args.wait, "haproxy_threads": args.haproxy_threads or "default",
+        "attacker_jitter": args.attacker_jitter, "attacker_nice": args.attacker_nice,
         "baseline": {"sessions": base_sessions, "auth_p50_ms": _p(base["latencies"], 0.5) * 1000,
                      "auth_p99_ms": _p(base["latencies"], 0.99) * 1000, "codes": base["codes"],
                      "node_cpu_s": cpu_base, "cpu_per_session_us": cpu_per_session * 1e6,
