@@ -10,20 +10,30 @@ Everything runs on loopback and is started (and stopped) here: a private redis-s
 argon2. Phases:
 
 1. **baseline**: 16 good clients (sources 127.0.2.1-16) log in ``--good-rate`` times a second each:
-   connect, EHLO, AUTH PLAIN (right password), QUIT. Their AUTH latency (AUTH sent -> 235) and the nodes' CPU per session.
+   connect, EHLO, AUTH PLAIN (right password), QUIT. Their AUTH latency (AUTH sent -> 235) and the nodes'
+   CPU per session. Then a short run of the same with ``redis-cli monitor`` attached (kept out of the
+   baseline: MONITOR slows every Redis command) for the Redis requests per good AUTH.
 2. **attack**: the same good clients, plus ``--attackers`` concurrent attacking sessions from 50 source
    addresses (127.0.1.1-50), rotating through 5,000 user names with fresh wrong passwords, reconnecting
    when dropped (after ``--attacker-pause`` when refused). Figures: guesses that reached the lookup per
    attacking address (every ``result=invalid`` AUTH log line without a ``reason``: those the guard refused
    never reach it; target: at most the ``auth.rate`` count), the good clients' AUTH p99 (target <= 2x
-   baseline), Redis requests per AUTH (target <= 2 round trips): in phase 1 from ``redis-cli monitor``
-   (commands sent by clients, not those a Lua script runs inside Redis; the background ban refresh
-   included); under attack, where MONITOR would slow every AUTH, the EVALSHA count (only clients send it).
+   baseline), Redis requests per AUTH (target <= 2 round trips; under attack, where MONITOR would slow
+   every AUTH, the EVALSHA count: only clients send it).
 3. **refusals**: every attacking address is banned now; ``--refusals`` connections from them, and the
    nodes' CPU per refused connection (target <= 1/5 of the CPU of a full AUTH session from phase 1).
 
 Node CPU is read from /proc (utime+stime of both node processes) over each measured window, minus what
-the nodes spend idle (health checks, timers; measured for 3 s first).
+the nodes spend idle (health checks, timers; measured for 3 s first). Where the machine's two cores go
+in phases 1 and 2 is sampled every second per process group (nodes, HAProxy, Redis, each client process,
+the kernel's softirq work, and the rest: other processes; /proc/stat is tick-sampled, so the rest is
+approximate, +-0.2 cores).
+
+By default the 1,000 attacking sessions run in lockstep: started in the same millisecond, then paced by
+the server's fixed ``errors.wait`` and the fixed reconnect pause, so each round of guesses (and later of
+reconnects) reaches the nodes as one burst that the good logins queue behind. ``--attacker-jitter``
+spreads them (start within the first second, pause 0.5-1.5x): the same attack volume, not synchronised.
+``--attacker-nice 19`` approximates attackers on another host; ``--quiet CORES`` waits for an idle machine.
 """
 from __future__ import annotations
 
@@ -47,6 +57,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from tests.fixtures import haproxy as haproxy_fixture  # noqa: E402
 from tests.fixtures.haproxy import run_haproxy  # noqa: E402
 from tests.fixtures.nodes import start_node  # noqa: E402
 from tests.fixtures.redis import PrivateRedis  # noqa: E402
@@ -141,13 +152,15 @@ async def _good_client(port: int, source: str, user: str, deadline: float, inter
 
 async def _attacker(port: int, source: str, deadline: float, pause: float, stats: dict) -> None:
     rnd = random.Random()
+    if ATTACKER_JITTER:
+        await asyncio.sleep(rnd.random())       # sessions start spread over a second, not in one burst
     while time.monotonic() < deadline:
         try:
             reader, writer = await asyncio.wait_for(
                 asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0)), 10)
         except (OSError, asyncio.TimeoutError):
             stats["connect_errors"] += 1
-            await asyncio.sleep(pause)
+            await asyncio.sleep(_pause(rnd, pause))
             continue
         try:
             greeting = await asyncio.wait_for(_read_reply(reader), 15)
@@ -164,12 +177,17 @@ async def _attacker(port: int, source: str, deadline: float, pause: float, stats
             await asyncio.wait_for(_read_reply(reader), 15)        # 421 after errors.total
         except (OSError, EOFError, asyncio.TimeoutError):
             stats["refused_or_dropped"] += 1
-            await asyncio.sleep(pause)
+            await asyncio.sleep(_pause(rnd, pause))
         finally:
             writer.close()
 
 
 ATTACKER_NICE = 0      # --attacker-nice: the attack's client process yields the CPU like another host would
+ATTACKER_JITTER = False  # --attacker-jitter: sessions not in lockstep (start and reconnect pauses spread)
+
+
+def _pause(rnd: random.Random, pause: float) -> float:
+    return pause * (0.5 + rnd.random()) if ATTACKER_JITTER else pause
 
 
 def _run_clients(kind: str, port: int, seconds: float, n: int, pause: float, queue: mp.Queue) -> None:
@@ -243,6 +261,83 @@ def _cpu(pids: list[int]) -> float:
             fields = fh.read().rsplit(")", 1)[1].split()
         total += int(fields[11]) + int(fields[12])
     return total / CLK
+
+
+def _machine() -> tuple[float, float]:
+    """(busy, softirq) CPU seconds of the whole machine so far (/proc/stat): busy includes the kernel's
+    softirq work (much of loopback TCP), which is charged to no process."""
+    with open("/proc/stat") as fh:
+        v = [int(x) for x in fh.readline().split()[1:]]
+    return (sum(v[:8]) - v[3] - v[4]) / CLK, v[6] / CLK
+
+
+def _haproxy_threads(n: int) -> None:
+    """The test fixture's HAProxy configuration with ``nbthread n`` in its global section."""
+    build = haproxy_fixture.haproxy_config
+
+    def config(*a, **kw) -> str:
+        return build(*a, **kw).replace("global\n", f"global\n    nbthread {n}\n", 1)
+    haproxy_fixture.haproxy_config = config
+
+
+def _wait_quiet(cores: float, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        b0, t0 = _machine()[0], time.monotonic()
+        time.sleep(3.0)
+        busy = (_machine()[0] - b0) / (time.monotonic() - t0)
+        if busy < cores:
+            print(f"machine quiet: {busy:.2f} cores busy", file=sys.stderr)
+            return
+        if time.monotonic() > deadline:
+            print(f"machine not quiet after {timeout:.0f} s ({busy:.2f} cores busy): running anyway", file=sys.stderr)
+            return
+
+
+class CpuShares:
+    """Where the machine's CPU goes during a phase: each process group's CPU seconds per second of wall
+    time (1.0 = one core), the whole machine's busy cores, and the rest (kernel softirq work charged to no
+    process, other processes). Sampled every ``step`` seconds, so slices of the phase can be told apart."""
+
+    def __init__(self, groups: dict[str, list[int]], step: float = 1.0):
+        import threading
+        self.groups = groups
+        self.step = step
+        self.samples: list[tuple[float, dict[str, float]]] = []
+        self._last: dict[str, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> tuple[float, dict[str, float]]:
+        out = {}
+        for name, pids in self.groups.items():
+            try:
+                out[name] = self._last[name] = _cpu(pids)
+            except (OSError, IndexError):            # exited: its CPU stays what it was
+                out[name] = self._last.get(name, 0.0)
+        out["machine_busy"], out["softirq"] = _machine()
+        return time.monotonic(), out
+
+    def _run(self) -> None:
+        self.samples.append(self._read())
+        while not self._stop.wait(self.step):
+            self.samples.append(self._read())
+
+    def stop(self) -> dict:
+        self._stop.set()
+        self._thread.join(5)
+        self.samples.append(self._read())
+
+        def rates(a: tuple, b: tuple, digits: int) -> dict[str, float]:
+            (ta, ca), (tb, cb) = a, b
+            out = {k: round((cb[k] - ca[k]) / (tb - ta), digits) for k in ca}
+            # not in any process above: other processes on the machine and (mostly) unaccounted kernel work
+            out["rest"] = round(out["machine_busy"] - out["softirq"] - sum(out[k] for k in self.groups), digits)
+            return out
+        whole = rates(self.samples[0], self.samples[-1], 3)
+        slices = [rates(a, b, 2) for a, b in zip(self.samples, self.samples[1:]) if b[0] - a[0] > 0.2]
+        return {"cores": whole, "per_second": slices}
 
 
 class RedisMonitor:
@@ -345,12 +440,34 @@ def main() -> int:
     ap.add_argument("--attacker-nice", type=int, default=0,
                     help="nice value for the attacking client process (0-19): on a 2-core machine the attack's own "
                          "client competes with the servers for CPU; a high value approximates attackers on another host")
+    ap.add_argument("--profile", metavar="FILE",
+                    help="py-spy (must be installed) samples node a during the attack phase into FILE (raw "
+                         "collapsed stacks, one line per stack: for flamegraph.pl or a quick sort)")
+    ap.add_argument("--attacker-jitter", action="store_true",
+                    help="attacking sessions start spread over the first second and wait 0.5-1.5x --attacker-pause "
+                         "before reconnecting; without it all 1,000 run in lockstep (started in the same "
+                         "millisecond, then paced by the server's fixed errors.wait and the fixed pause), so "
+                         "every node gets each round of guesses or reconnects as one burst")
+    ap.add_argument("--haproxy-threads", type=int, default=0,
+                    help="HAProxy's nbthread (default: HAProxy's own, one per core); on 2 cores shared with "
+                         "everything else, 1 costs less CPU per connection and waits less for a core")
+    ap.add_argument("--node-log-level", default="info",
+                    help="the nodes' --log-level (info: every AUTH and refusal is a line, as the figures above need)")
+    ap.add_argument("--quiet", type=float, default=0.0, metavar="CORES",
+                    help="first wait (up to --quiet-timeout s) until the machine's busy CPU over 3 s is below CORES: "
+                         "on a shared machine other work's CPU would otherwise land in the p99")
+    ap.add_argument("--quiet-timeout", type=float, default=900.0)
     ap.add_argument("--json-out")
     ap.add_argument("--keep", action="store_true", help="keep the nodes' logs and configuration (path printed)")
     args = ap.parse_args()
-    global ATTACKER_NICE
+    global ATTACKER_NICE, ATTACKER_JITTER
     ATTACKER_NICE = args.attacker_nice
+    ATTACKER_JITTER = args.attacker_jitter
     rate_count = int(args.auth_rate.split("/")[0])
+    if args.quiet > 0:
+        _wait_quiet(args.quiet, args.quiet_timeout)
+    if args.haproxy_threads:
+        _haproxy_threads(args.haproxy_threads)
 
     tmp = Path(tempfile.mkdtemp(prefix="smtpgate-nodes-bench-"))
     users = ", ".join(f'"good{i}@example.bench:good-good{i}@example.bench"' for i in range(GOOD))
@@ -361,7 +478,7 @@ def main() -> int:
         for name in ("a", "b"):
             text = (NODE_CONFIG.replace("{name}", name).replace("{users}", users).replace("{rate}", args.auth_rate)
                     .replace("{wait}", args.wait).replace("{redis}", redis.url))
-            nodes.append(start_node(name, text, tmp, log_level="info"))
+            nodes.append(start_node(name, text, tmp, log_level=args.node_log_level))
         pids = [n.proc.pid for n in nodes]
         logs = [n.logfile for n in nodes]
         with run_haproxy(tmp / "haproxy", {"all": [n.port for n in nodes]}) as hap:
@@ -373,24 +490,45 @@ def main() -> int:
             time.sleep(3.0)
             idle_rate = (_cpu(pids) - cpu0) / (time.monotonic() - t0)
 
-            # 1. baseline
+            hap_pids, redis_pids = [hap.proc.pid], [redis.proc.pid]
+
+            # 1. baseline (no MONITOR here: it slows every Redis command, and so the baseline's AUTHs)
             rc = RedisCalls(redis.port)
             off, cpu0, redis0, t0 = _sizes(logs), _cpu(pids), rc.snapshot(), time.monotonic()
-            mon = RedisMonitor(redis.port, tmp / "monitor-baseline.txt")
             p, q = _spawn("good", port, args.baseline_seconds, GOOD, 1.0 / args.good_rate)
+            base_cpu = CpuShares({"nodes": pids, "haproxy": hap_pids, "redis": redis_pids, "good_client": [p.pid]})
             base = _collect(p, q, args.baseline_seconds + 60)
+            base_shares = base_cpu.stop()
             cpu_base = _cpu(pids) - cpu0 - idle_rate * (time.monotonic() - t0)
-            base_trips = mon.stop()
             base_redis = RedisCalls.delta(rc.snapshot(), redis0)
             base_auth = _auth_lines(logs, off)
             base_sessions = len(base["latencies"])
+
+            # 1b. Redis requests per AUTH of good clients alone: MONITOR over a short run of its own
+            off = _sizes(logs)
+            mon = RedisMonitor(redis.port, tmp / "monitor-baseline.txt")
+            p, q = _spawn("good", port, 3.0, GOOD, 1.0 / args.good_rate)
+            _collect(p, q, 60)
+            base_trips = mon.stop()
+            mon_auths = len(_auth_lines(logs, off))
 
             # 2. attack
             off, cpu0, redis0 = _sizes(logs), _cpu(pids), rc.snapshot()
             pa, qa = _spawn("attack", port, args.attack_seconds, args.attackers, args.attacker_pause)
             time.sleep(0.5)
             pg, qg = _spawn("good", port, args.attack_seconds - 1.0, GOOD, 1.0 / args.good_rate)
+            spy = None
+            if args.profile:
+                spy = subprocess.Popen([shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy")),
+                                        "record", "-r", "200", "-f", "raw", "-o", args.profile, "-p", str(pids[0])],
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            attack_cpu = CpuShares({"nodes": pids, "haproxy": hap_pids, "redis": redis_pids,
+                                    "good_client": [pg.pid], "attack_client": [pa.pid]})
             good = _collect(pg, qg, args.attack_seconds + 60)
+            attack_shares = attack_cpu.stop()
+            if spy is not None:
+                spy.send_signal(2)
+                spy.wait(30)
             attack = _collect(pa, qa, args.attack_seconds + 60)
             cpu_attack = _cpu(pids) - cpu0
             attack_redis = RedisCalls.delta(rc.snapshot(), redis0)
@@ -426,16 +564,19 @@ def main() -> int:
     result = {
         "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
         "attackers": args.attackers, "attack_ips": len(ATTACK_IPS), "user_names": NAMES, "good_clients": GOOD,
-        "auth_rate": args.auth_rate, "errors_wait": args.wait,
+        "auth_rate": args.auth_rate, "errors_wait": args.wait, "haproxy_threads": args.haproxy_threads or "default",
+        "attacker_jitter": args.attacker_jitter, "attacker_nice": args.attacker_nice,
         "baseline": {"sessions": base_sessions, "auth_p50_ms": _p(base["latencies"], 0.5) * 1000,
                      "auth_p99_ms": _p(base["latencies"], 0.99) * 1000, "codes": base["codes"],
                      "node_cpu_s": cpu_base, "cpu_per_session_us": cpu_per_session * 1e6,
                      "redis_commands": base_redis, "auths": len(base_auth),
                      "redis_commands_per_auth": sum(base_redis.values()) / max(1, len(base_auth)),
                      "redis_requests": base_trips,
-                     "redis_requests_per_auth": sum(base_trips.values()) / max(1, len(base_auth))},
+                     "redis_requests_per_auth": sum(base_trips.values()) / max(1, mon_auths),
+                     "cpu_cores": base_shares},
         "attack": {"good_sessions": len(good["latencies"]), "good_codes": good["codes"],
                    "good_p99_by_5s": _windows(good["timeline"], 5.0),
+                   "good_timeline": good["timeline"],          # (s since start, AUTH latency s) per login
                    "good_auth_p50_ms": _p(good["latencies"], 0.5) * 1000,
                    "good_auth_p99_ms": _p(good["latencies"], 0.99) * 1000,
                    "attacker": attack, "lookups_per_ip_max": max(per_ip.values()),
@@ -445,7 +586,7 @@ def main() -> int:
                    "redis_commands_per_auth": sum(attack_redis.values()) / max(1, auths),
                    "redis_requests": attack_trips,
                    "redis_requests_per_auth": sum(attack_trips.values()) / max(1, auths),
-                   "node_cpu_s": cpu_attack},
+                   "node_cpu_s": cpu_attack, "cpu_cores": attack_shares},
         "idle_node_cpu_per_s": idle_rate,
         "refusals": {**ref, "seconds": ref_seconds, "node_cpu_s": cpu_ref,
                      "cpu_per_refusal_us": cpu_per_refusal * 1e6,
@@ -469,6 +610,11 @@ smtpgate abuse bench: {args.attackers} attacking sessions from {len(ATTACK_IPS)}
 | Redis commands per AUTH incl. those inside Lua (commandstats) | {b['redis_commands_per_auth']:.2f} / {a['redis_commands_per_auth']:.2f} | |
 """)
     print("good AUTH p99 per 5 s of the attack phase (ms):", a["good_p99_by_5s"])
+    print("CPU (cores) without attack:", json.dumps(b["cpu_cores"]["cores"]))
+    print("CPU (cores) under attack:  ", json.dumps(a["cpu_cores"]["cores"]))
+    print("CPU (cores) under attack, per second:")
+    for row in a["cpu_cores"]["per_second"]:
+        print("   ", "  ".join(f"{k}={v:.2f}" for k, v in row.items()))
     print("Redis requests (top-level), good clients alone:", json.dumps(b["redis_requests"]))
     print("Redis commands under attack (commandstats, Lua-internal included):", json.dumps(a["redis_commands"]))
     print(f"load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")

@@ -266,10 +266,11 @@ def lookup_guesses(log: Path) -> dict[str, int]:
     """Per attacking address: failed attempts whose credentials went to the lookup (no reason= field:
     attempts refused by a ban or a login lock are logged with reason="banned"/"locked")."""
     per_ip: dict[str, int] = {}
-    rx = re.compile(r"auth listener=\S+ remote=(127\.0\.2\.\d+) .* result=invalid failures=\d+$")
+    # (the line goes on with " session=<id>", and " reason=..." for a refused attempt)
+    rx = re.compile(r"auth listener=\S+ remote=(127\.0\.2\.\d+) .* result=invalid failures=\d+( reason=\S+)?")
     for line in log.read_text(errors="replace").splitlines():
         m = rx.search(line)
-        if m:
+        if m and m.group(2) is None:
             per_ip[m.group(1)] = per_ip.get(m.group(1), 0) + 1
     return per_ip
 

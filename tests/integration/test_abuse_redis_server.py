@@ -1,6 +1,7 @@
 """Two servers sharing Redis (the machine's, under a unique key prefix): a ban earned through one holds on
 the other within a second, a rate throttle counts across both; and a server whose Redis dies keeps
-limiting (per process), refuses nobody else, and shares again once Redis is back."""
+limiting (per process), refuses nobody else, and shares again once Redis is back -- with what it counted
+meanwhile (bans, counters, trust marks) written to Redis."""
 from __future__ import annotations
 
 import time
@@ -78,4 +79,8 @@ def test_redis_outage_degrades_to_per_process_limits_and_recovers(tmp_path, priv
         import redis
         client = redis.Redis(port=private_redis.port)
         assert client.zscore("outage:bans", "127.0.0.82") is not None
+        # What the node counted meanwhile is shared now too (Redis restarted empty): the successful login
+        # of the outage trusts its address on every node, the failures of 127.0.0.82 count toward its limit.
+        assert list(client.scan_iter(match="outage:m:a:trust:127.0.0.81:*")), "trust mark not written back"
+        assert client.get("outage:c:a:ip:127.0.0.82") == b"2"
         client.close()

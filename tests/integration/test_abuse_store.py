@@ -147,6 +147,9 @@ async def test_redis_outage_falls_back_per_process_logs_once_and_recovers(privat
     await s.ban(Ban("203.0.113.2", time.time() + 60, "scan", time.time(), {"scan": 30}))
     assert s.banned("203.0.113.2", time.time()) is not None
     assert s.banned("203.0.113.3", time.time()) is None      # and never refuses the others
+    await s.hit([Hit("ip", 60, once="fp")], set_marks=[("trust", 60)])
+    s.hit_soon([], set_marks=[("trust2", 60)])                # fire-and-forget while down: the fallback
+    assert (await s.peek(["ip"], ["fp", "trust", "trust2"])) == ([1], [True, True, True])
     down_lines = [r for r in caplog.records if "unavailable" in r.getMessage()]
     assert len(down_lines) == 1
 
@@ -157,7 +160,73 @@ async def test_redis_outage_falls_back_per_process_logs_once_and_recovers(privat
     other = _redis("outage:", private_redis.url)
     await other.start()
     assert {b.key for b in await other.bans()} == {"203.0.113.2"}   # the outage's ban was written back
+    # so were its counters and marks (Redis restarted empty): what was counted meanwhile still counts
+    assert await other.peek(["k", "ip"], ["fp", "trust", "trust2"]) == ([5, 1], [True, True, True])
+    ttls = keys_with_prefix("outage:", private_redis.port)
+    assert 0 < ttls[b"outage:c:k"] <= 60_000 and 0 < ttls[b"outage:m:trust"] <= 60_000
     (r,), _ = await s.hit([Hit("k", 60)])
-    assert r == (1, True)                                 # shared counting again (Redis restarted empty)
+    assert r == (6, True)                                 # shared counting again, on top of the outage's
     await other.close()
+    await s.close()
+
+
+async def test_commands_issued_together_share_one_write(private_redis):
+    """One connection per process, pipelined: what many sessions ask in the same turn of the event loop
+    goes to Redis in one write (the reason a Redis-backed AUTH is cheap under load), answers in order."""
+    s = _redis("pipe:", private_redis.url, timeout=5.0)
+    await s.start()
+    writes = s._pipe.writes
+    results = await asyncio.gather(*(s.hit([Hit(f"k{i % 7}", 60)]) for i in range(210)))
+    assert s._pipe.writes - writes <= 3, s._pipe.writes - writes
+    assert sorted(r[0][0][0] for r in results) == sorted(n for _ in range(7) for n in range(1, 31))
+    assert (await s.peek([f"k{i}" for i in range(7)]))[0] == [30] * 7
+    await s.close()
+
+
+async def test_a_redis_that_stops_answering_times_out_into_the_fallback(private_redis, caplog):
+    """Accepting but silent (SIGSTOP): each command in flight is answered by the fallback once the store's
+    timeout passes, one line is logged, and a Redis that answers again is used again."""
+    import os
+    import signal
+    caplog.set_level(logging.WARNING, logger="smtpgate.abuse")
+    s = _redis("stop:", private_redis.url, timeout=0.3)
+    await s.start()
+    assert (await s.hit([Hit("k", 60)]))[0] == [(1, True)]
+    os.kill(private_redis.proc.pid, signal.SIGSTOP)
+    try:
+        t0 = time.monotonic()
+        results = await asyncio.gather(*(s.hit([Hit("k", 60)]) for _ in range(3)))
+        assert time.monotonic() - t0 < 1.5
+        assert s.down and sorted(r[0][0][0] for r in results) == [1, 2, 3]      # per process meanwhile
+        assert (await s.hit([Hit("k", 60)]))[0] == [(4, True)]                  # no waiting once known down
+        assert await s.refresh() is not None and s.down                         # still silent: stays down
+    finally:
+        os.kill(private_redis.proc.pid, signal.SIGCONT)
+    await s.refresh()
+    assert not s.down
+    assert [r.getMessage() for r in caplog.records if "unavailable" in r.getMessage()] == [
+        "redis store 'r' unavailable (no answer): limits are per process until it answers again"]
+    # Redis got the 3 hits that timed out (it was only slow) and the 4 from the outage: counted again, +1.
+    assert (await s.hit([Hit("k", 60)]))[0][0][0] >= 6
+    await s.close()
+
+
+async def test_scripts_are_sent_again_after_a_script_flush(private_redis):
+    """A restarted (or flushed) Redis no longer knows the scripts: the store sends their text once and
+    carries on, without counting it as an outage -- also for a fire-and-forget update."""
+    import redis
+    s = _redis("flush:", private_redis.url)
+    await s.start()
+    await s.hit([Hit("k", 60)])
+    admin = redis.Redis(port=private_redis.port)
+    admin.script_flush()
+    assert (await s.hit([Hit("k", 60)]))[0] == [(2, True)]
+    admin.script_flush()
+    s.hit_soon([Hit("k", 60, amount=-1)], set_marks=[("t", 60)])
+    for _ in range(50):
+        if admin.exists("flush:m:t"):
+            break
+        await asyncio.sleep(0.02)
+    assert admin.get("flush:c:k") == b"1" and admin.exists("flush:m:t") and not s.down
+    admin.close()
     await s.close()

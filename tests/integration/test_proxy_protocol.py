@@ -254,3 +254,27 @@ def test_guard_judges_the_client_the_header_names(tmp_path: Path) -> None:
                       tls=client_tls(srv.ca_file))
         assert raw.greeting.startswith("220 ")
         raw.close()
+
+
+def test_connections_count_toward_max_connections_from_accept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A trusted peer's connection holds a max-connections slot from accept(), while its header is still
+    awaited: a load balancer (or anyone in its network) cannot hold descriptors past the limit."""
+    import smtpgate.config.proxy as proxy_mod
+    monkeypatch.setattr(proxy_mod, "HEADER_TIMEOUT", 3.0)
+    config = CONFIG.replace('proxy.trusted-networks = ["127.0.0.1/32", "::1"]',
+                            'proxy.trusted-networks = ["127.0.0.1/32", "::1"]\nmax-connections = 2', 1)
+    with run_server(config, tmp_path) as srv:
+        port = srv.port("smtp")
+        silent = [connect(port, greet=False), connect(port, prefix=b"PROXY TCP4 192.0.2", greet=False)]
+        assert wait_for(lambda: srv.server.connection_count == 2)
+        late = connect(port, prefix=v2("192.0.2.9", "198.51.100.1", 1, 25), greet=False)
+        assert late.reply().startswith("421 4.7.0 Too many connections")
+        assert late.closed()
+        assert any("reason=max-connections" in line and "remote=192.0.2.9" in line for line in srv.logs), srv.logs
+        for raw in silent:                          # gone before sending (the rest of) a header: slot freed
+            raw.close()
+        assert wait_for(lambda: srv.server.connection_count == 0)
+        raw = connect(port, prefix=v2("192.0.2.9", "198.51.100.1", 1, 25))
+        assert raw.greeting.startswith("220 ")
+        assert srv.server.connection_count == 1
+        raw.close()

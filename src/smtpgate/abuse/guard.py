@@ -284,18 +284,25 @@ class Guard:
         if ban:
             await self._ban(ticket.ip, "auth", {"auth": ticket.count})
         elif undo or marks:
-            await self.store.hit(undo, set_marks=marks)
+            self.store.hit_soon(undo, set_marks=marks)     # the client's reply need not wait for the store
         return ban
 
-    def auth_done_now(self, ticket: Any, outcome: str) -> bool:
-        """:meth:`auth_done` over an immediate store, without a coroutine (the hot path)."""
+    def auth_done_now(self, ticket: Any, outcome: str) -> bool | None:
+        """:meth:`auth_done` without a coroutine (the hot path): over an immediate store always; over a
+        shared one whenever no ban is due (the undo and the trust mark are not waited for). None when
+        only the coroutine can finish it (a ban to write to a shared store)."""
         if not isinstance(ticket, _AuthTicket):
             return False
         ban, undo, marks = self._done_plan(ticket, outcome)
         if ban:
+            if not self.immediate:
+                return None
             self._ban_now(ticket.ip, "auth", {"auth": ticket.count})
         elif undo or marks:
-            self.store.hit_now(undo, marks)
+            if self.immediate:
+                self.store.hit_now(undo, marks)
+            else:
+                self.store.hit_soon(undo, set_marks=marks)
         return ban
 
     # -- other offences -------------------------------------------------------------------------------------
@@ -347,21 +354,21 @@ class Guard:
         raise TypeError(f"not an abuse request: {req!r}")
 
     def answer_now(self, req: Any, later: Any) -> Any:
-        """The answer, synchronously, when the store is immediate; else ``later``."""
+        """The answer, synchronously, when it can be given now (an immediate store; a verdict that earns
+        no ban); else ``later``."""
+        kind = type(req)
+        if kind is AuthDone:
+            done = self.auth_done_now(req.ticket, req.outcome)
+            return later if done is None else done
         if not self.immediate:
             return later
-        kind = type(req)
         if kind is AuthGate:
             return self.auth_gate_now(req.remote_ip, req.login, req.secret, req.wait)
-        if kind is AuthDone:
-            return self.auth_done_now(req.ticket, req.outcome)
         return drive(self.perform(req))
 
     def notify(self, req: Any) -> None:
         """A request nobody waits for (a session's notice: AuthDone of a success or tempfail)."""
-        if self.immediate:
-            self.answer_now(req, None)
-        else:
+        if self.answer_now(req, _LATER) is _LATER:
             asyncio.get_running_loop().create_task(_quietly(self.perform(req)))
 
     def offence_soon(self, kind: str, remote_ip: Any) -> None:
@@ -444,6 +451,9 @@ def _login_key(login_l: str) -> str:
     """A login's counting key (a digest: names of any length make keys of one size). Cached: the same
     logins come back all day, and each digest is a hash object built and thrown away."""
     return hashlib.blake2b(login_l.encode("utf-8", "surrogatepass"), digest_size=12).hexdigest()
+
+
+_LATER = object()
 
 
 async def _quietly(coro: Coroutine) -> None:

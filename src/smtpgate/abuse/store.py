@@ -19,6 +19,7 @@ directly (one AUTH asks the store twice: a coroutine per call is a measurable sh
 from __future__ import annotations
 
 import abc
+import asyncio
 from dataclasses import dataclass, field
 from typing import Any, Coroutine, Sequence
 
@@ -71,6 +72,14 @@ class Store(abc.ABC):
         """One atomic batch: whether each of ``check_marks`` is set (looked at first), every hit applied,
         every ``(mark, ttl)`` of ``set_marks`` set. Returns ``(count after, counted)`` per hit and the
         checked marks' states."""
+
+    def hit_soon(self, hits: Sequence[Hit], *, set_marks: Sequence[tuple[str, float]] = ()) -> None:
+        """:meth:`hit` when nobody needs the answer (an undo, a trust mark): nothing waits for it."""
+        coro = self.hit(hits, set_marks=set_marks)
+        if self.immediate:
+            drive(coro)
+        else:
+            asyncio.get_running_loop().create_task(coro)
 
     @abc.abstractmethod
     async def peek(self, counters: Sequence[str], marks: Sequence[str] = ()) -> tuple[list[int], list[bool]]:
