@@ -56,6 +56,7 @@ import time
 from typing import Any
 
 from .config.errors import ConfigError
+from .server import tls as tls_contexts
 
 log = logging.getLogger("smtpgate")
 
@@ -241,7 +242,7 @@ async def _reload(server: Any, path: str) -> str | None:
 
     # -- the swap: nothing below is expected to fail ---------------------------------------------------
     for ssl_ctx, cert, tls in built["in_place"]:
-        _update_in_place(ssl_ctx, cert, tls)
+        tls_contexts.configure(ssl_ctx, cert, tls)
     old_settings, old_lookups, old_delivery = server.settings, server.lookups, server.delivery
     server.settings = settings
     server.lookups = lookups
@@ -301,7 +302,6 @@ def _next_guard(server: Any, settings: Any) -> Any:
 async def _prepare_listeners(server: Any, settings: Any, lookups: dict, built: dict) -> dict:
     """ident -> (ListenerContext | None, SSLContext | None, the listener's asyncio servers, servers to close).
     SMTP/LMTP listeners get a context; management (``http``) listeners get none: the observer serves them."""
-    from .server.tls import server_context
     plan = {}
     for ident, listener in settings.listeners.items():
         old = server.settings.listeners.get(ident)
@@ -313,7 +313,7 @@ async def _prepare_listeners(server: Any, settings: Any, lookups: dict, built: d
         ssl_ctx = None
         if listener.tls.implicit if http else listener.tls.enable:
             try:
-                ssl_ctx = server_context(settings.certificates[listener.tls.certificate], listener.tls)
+                ssl_ctx = tls_contexts.server_context(settings.certificates[listener.tls.certificate], listener.tls)
             except ssl.SSLError as exc:
                 raise ConfigError(f"certificate.{listener.tls.certificate}", f"cannot be loaded: {exc.reason or exc}") from None
         ctx = None if http else server._context(settings, listener, lookups, ssl_ctx)
@@ -358,21 +358,6 @@ async def _prepare_listeners(server: Any, settings: Any, lookups: dict, built: d
                 ctx.local_addr = (host, port)
         plan[ident] = (ctx, ssl_ctx, servers, retire)
     return plan
-
-
-def _update_in_place(ctx: ssl.SSLContext, cert: Any, tls: Any) -> None:
-    """Give an existing SSLContext the certificate and protocol range of ``tls`` (already validated)."""
-    import tempfile
-    with tempfile.TemporaryDirectory() as tmp:
-        # load_cert_chain only reads files: the PEM text goes through a private temporary directory.
-        cpath, kpath = os.path.join(tmp, "cert.pem"), os.path.join(tmp, "key.pem")
-        with open(cpath, "w") as fh:
-            fh.write(cert.cert_pem)
-        with os.fdopen(os.open(kpath, os.O_WRONLY | os.O_CREAT, 0o600), "w") as fh:
-            fh.write(cert.key_pem)
-        ctx.load_cert_chain(cpath, kpath)
-    versions = sorted({"TLSv1.2": ssl.TLSVersion.TLSv1_2, "TLSv1.3": ssl.TLSVersion.TLSv1_3}[p] for p in tls.protocols)
-    ctx.minimum_version, ctx.maximum_version = versions[0], versions[-1]
 
 
 def _next_hops(server: Any, settings: Any) -> dict:

@@ -278,14 +278,11 @@ class Guard:
     async def auth_done(self, ticket: Any, outcome: str) -> bool:
         """After the verdict: undo the reservation (success, tempfail), trust the address (success), ban
         when this failure reached the limit. True when the address is banned now."""
-        if not isinstance(ticket, _AuthTicket):
-            return False
-        ban, undo, marks = self._done_plan(ticket, outcome)
-        if ban:
-            await self._ban(ticket.ip, "auth", {"auth": ticket.count})
-        elif undo or marks:
-            self.store.hit_soon(undo, set_marks=marks)     # the client's reply need not wait for the store
-        return ban
+        done = self.auth_done_now(ticket, outcome)
+        if done is not None:
+            return done
+        await self._ban(ticket.ip, "auth", {"auth": ticket.count})      # due, on a shared store
+        return True
 
     def auth_done_now(self, ticket: Any, outcome: str) -> bool | None:
         """:meth:`auth_done` without a coroutine (the hot path): over an immediate store always; over a
@@ -302,7 +299,7 @@ class Guard:
             if self.immediate:
                 self.store.hit_now(undo, marks)
             else:
-                self.store.hit_soon(undo, set_marks=marks)
+                self.store.hit_soon(undo, set_marks=marks)   # the client's reply need not wait for the store
         return ban
 
     # -- other offences -------------------------------------------------------------------------------------

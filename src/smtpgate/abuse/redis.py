@@ -316,12 +316,16 @@ class RedisStore(Store):
     def k(self, name: str) -> str:
         return self.prefix + name
 
-    async def _cmd(self, *args: Any) -> Any:
-        """One command's reply; :class:`_Down` when Redis is (or just went) down."""
+    async def _cmd(self, *args: Any, script: _Script | None = None) -> Any:
+        """One command's reply; :class:`_Down` when Redis is (or just went) down. With ``script``, the
+        command is its EVALSHA, sent once more as EVAL with the text if Redis does not know the digest
+        (a restarted server)."""
         if self.down:
             raise _Down()
         try:
             reply = await self._pipe.call(*args)
+            if script is not None and isinstance(reply, NoScriptError):
+                reply = await self._pipe.call("EVAL", script.text, *args[2:])
         except _Down:
             self._went_down(self._pipe.failure)
             raise
@@ -331,20 +335,8 @@ class RedisStore(Store):
         return reply
 
     async def _run(self, script: _Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        """A Lua script by its digest; its text once if Redis does not know it (a restarted server)."""
-        if self.down:
-            raise _Down()
-        try:
-            reply = await self._pipe.call("EVALSHA", script.sha, len(keys), *keys, *args)
-            if isinstance(reply, NoScriptError):
-                reply = await self._pipe.call("EVAL", script.text, len(keys), *keys, *args)
-        except _Down:
-            self._went_down(self._pipe.failure)
-            raise
-        if isinstance(reply, aioredis.ResponseError):
-            self._went_down(reply)
-            raise _Down()
-        return reply
+        """A Lua script by its digest (see :meth:`_cmd`)."""
+        return await self._cmd("EVALSHA", script.sha, len(keys), *keys, *args, script=script)
 
     def _went_down(self, exc: BaseException | None) -> None:
         if not self.down:

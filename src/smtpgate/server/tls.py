@@ -14,12 +14,18 @@ _VERSIONS = {"TLSv1.2": ssl.TLSVersion.TLSv1_2, "TLSv1.3": ssl.TLSVersion.TLSv1_
 
 def server_context(cert: CertificateSettings, tls: ListenerTls) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    versions = sorted(_VERSIONS[p] for p in tls.protocols)
-    ctx.minimum_version = versions[0]
-    ctx.maximum_version = versions[-1]
     if tls.ignore_client_order:
         ctx.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
     ctx.options |= ssl.OP_NO_COMPRESSION
+    configure(ctx, cert, tls)
+    return ctx
+
+
+def configure(ctx: ssl.SSLContext, cert: CertificateSettings, tls: ListenerTls) -> None:
+    """Give ``ctx`` the certificate and protocol range of ``tls``: at creation, and again in place when a
+    reload rotates the certificate (sessions keep the context object they hold)."""
+    versions = sorted(_VERSIONS[p] for p in tls.protocols)
+    ctx.minimum_version, ctx.maximum_version = versions[0], versions[-1]
     # load_cert_chain only reads files: inline PEM goes through a private temporary directory.
     with tempfile.TemporaryDirectory() as tmp:
         cpath, kpath = os.path.join(tmp, "cert.pem"), os.path.join(tmp, "key.pem")
@@ -28,7 +34,6 @@ def server_context(cert: CertificateSettings, tls: ListenerTls) -> ssl.SSLContex
         with os.fdopen(os.open(kpath, os.O_WRONLY | os.O_CREAT, 0o600), "w") as fh:
             fh.write(cert.key_pem)
         ctx.load_cert_chain(cpath, kpath)
-    return ctx
 
 
 def tls_info(ssl_object) -> TlsInfo | None:
