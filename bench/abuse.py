@@ -87,7 +87,7 @@ lookup = "list/users"
 allow-plain-text = true
 errors.total = 3
 errors.wait = "{wait}"
-
+{spread}
 [list]
 users = [{users}]
 
@@ -437,6 +437,8 @@ def main() -> int:
     ap.add_argument("--refusals", type=int, default=3000)
     ap.add_argument("--auth-rate", default="100/1d", help="server.auto-ban.auth.rate")
     ap.add_argument("--wait", default="1s", help="session.auth.errors.wait")
+    ap.add_argument("--wait-spread", default=None,
+                    help="session.auth.errors.wait-spread (default: not set, the server's default; 0 = a fixed wait)")
     ap.add_argument("--attacker-nice", type=int, default=0,
                     help="nice value for the attacking client process (0-19): on a 2-core machine the attack's own "
                          "client competes with the servers for CPU; a high value approximates attackers on another host")
@@ -477,7 +479,9 @@ def main() -> int:
     try:
         for name in ("a", "b"):
             text = (NODE_CONFIG.replace("{name}", name).replace("{users}", users).replace("{rate}", args.auth_rate)
-                    .replace("{wait}", args.wait).replace("{redis}", redis.url))
+                    .replace("{wait}", args.wait)
+                    .replace("{spread}", "" if args.wait_spread is None else f"errors.wait-spread = {args.wait_spread}\n")
+                    .replace("{redis}", redis.url))
             nodes.append(start_node(name, text, tmp, log_level=args.node_log_level))
         pids = [n.proc.pid for n in nodes]
         logs = [n.logfile for n in nodes]
@@ -564,7 +568,7 @@ def main() -> int:
     result = {
         "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
         "attackers": args.attackers, "attack_ips": len(ATTACK_IPS), "user_names": NAMES, "good_clients": GOOD,
-        "auth_rate": args.auth_rate, "errors_wait": args.wait, "haproxy_threads": args.haproxy_threads or "default",
+        "auth_rate": args.auth_rate, "errors_wait": args.wait, "wait_spread": args.wait_spread, "haproxy_threads": args.haproxy_threads or "default",
         "attacker_jitter": args.attacker_jitter, "attacker_nice": args.attacker_nice,
         "baseline": {"sessions": base_sessions, "auth_p50_ms": _p(base["latencies"], 0.5) * 1000,
                      "auth_p99_ms": _p(base["latencies"], 0.99) * 1000, "codes": base["codes"],
@@ -595,7 +599,7 @@ def main() -> int:
     b, a, r = result["baseline"], result["attack"], result["refusals"]
     print(f"""
 smtpgate abuse bench: {args.attackers} attacking sessions from {len(ATTACK_IPS)} addresses rotating {NAMES} user names,
-{GOOD} good clients, 2 nodes behind HAProxy (send-proxy-v2), shared Redis; auth.rate {args.auth_rate}, errors.wait {args.wait}
+{GOOD} good clients, 2 nodes behind HAProxy (send-proxy-v2), shared Redis; auth.rate {args.auth_rate}, errors.wait {args.wait} (wait-spread {args.wait_spread or "default"})
 
 | figure | value | target |
 |---|---|---|

@@ -30,6 +30,7 @@ allow-plain-text = true
 [session.auth.errors]
 total = 3
 wait = "5s"
+wait-spread = 0                 # exactly errors.wait, so the clock can be advanced by it
 [session.rcpt.lookup]
 domains = "list/domains"
 [list]

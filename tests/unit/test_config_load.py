@@ -183,6 +183,7 @@ def test_defaults():
     assert ss.auth_lookup.value is None
     assert ss.auth_require.value is False
     assert ss.auth_errors_total.value == 3
+    assert ss.auth_errors_wait_spread.value == 0.25
     assert ss.auth_allow_plain_text.value is False
     assert ss.ehlo_require.value is True
     # relaying defaults to "authenticated sessions only"
@@ -190,6 +191,12 @@ def test_defaults():
     assert ss.rcpt_relay.evaluate(v(authenticated_as="john")) is True
     assert not s.listeners["smtp"].tls.enable
     assert s.next_hop.evaluate(v()) is None
+
+
+@pytest.mark.parametrize("raw,value", [("0", 0.0), ("0.5", 0.5), ('"40%"', 0.4), ("1", 1.0)])
+def test_wait_spread_takes_a_share_or_a_percentage(raw, value):
+    s = load_text(f'[server.listener.smtp]\nbind = "127.0.0.1:0"\n[session.auth.errors]\nwait-spread = {raw}\n')
+    assert s.session.auth_errors_wait_spread.value == value
 
 
 def test_examples_load(pki, tmp_path):
@@ -352,6 +359,10 @@ def test_server_section_errors(top, line):
     ('[session.auth.errors]\ntotal = 0\n', "session.auth.errors.total: must be greater than 0"),
     ('[session.auth.errors]\nwait = true\n',
      "session.auth.errors.wait: expected a duration such as \"5s\", got true"),
+    ('[session.auth.errors]\nwait-spread = 2\n',
+     "session.auth.errors.wait-spread: expected a share between 0 and 1 such as 0.25 or \"25%\", got 2"),
+    ('[session.auth.errors]\nwait-spread = "lots%"\n',
+     "session.auth.errors.wait-spread: expected a share between 0 and 1 such as 0.25 or \"25%\", got 'lots%'"),
     ('[session]\ntimeout = 0\n', "session.timeout: duration must be greater than 0"),
     ('[session]\ntimeout = "0s"\n', "session.timeout: duration must be greater than 0"),
     ('[session.auth]\nmechanisms = "plain"\nlookup = 5\n',

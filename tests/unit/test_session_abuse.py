@@ -25,6 +25,7 @@ allow-plain-text = true
 [session.auth.errors]
 total = 5
 wait = "2s"
+wait-spread = 0
 [session.rcpt.lookup]
 domains = "list/domains"
 [list]
@@ -94,6 +95,18 @@ def test_the_gate_comes_before_the_lookup_and_learns_the_verdict(settings):
     # A success cannot earn a ban: the guard learns it as a notice, and the 235 does not wait for it.
     assert type(seen[-1]) is Authenticate and s.notices == [AuthDone("U", "success")]
     assert b"".join(s.out).startswith(b"235 ")
+
+
+@pytest.mark.parametrize("spread,drawn,expected", [(0.25, 0.0, 2.0), (0.25, 0.999, 2.4995), (0.5, 0.5, 2.5)])
+def test_the_failure_wait_is_spread_upwards_at_random(spread, drawn, expected):
+    """errors.wait-spread: each failure's wait is drawn from [wait, wait x (1 + spread)], never shorter."""
+    settings = load_text(CONFIG.replace("wait-spread = 0", f"wait-spread = {spread}"))
+    s = session(settings)
+    s.ctx.random = lambda: drawn
+    seen = run(s.handle(plain("john@example.org", "wrong")), {
+        AuthGate: lambda r: GateAnswer("ok", r.wait, ticket="T"), Authenticate: lookup,
+        AuthDone: lambda r: False, Sleep: lambda r: None})
+    assert seen[-1] == Sleep(pytest.approx(expected))
 
 
 def test_a_locked_login_fails_without_asking_the_lookup(settings):

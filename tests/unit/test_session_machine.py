@@ -37,6 +37,7 @@ require = [ { if = "listener", eq = "submission", then = true }, { else = false 
 [session.auth.errors]
 total = 2
 wait = "250ms"
+wait-spread = 0
 [session.rcpt.lookup]
 domains = "list/domains"
 [session.data.limits]

@@ -392,6 +392,7 @@ class _Builder:
             auth_require=setting(schema.AUTH_REQUIRE),
             auth_errors_total=setting(schema.AUTH_ERRORS_TOTAL),
             auth_errors_wait=setting(schema.AUTH_ERRORS_WAIT),
+            auth_errors_wait_spread=setting(schema.AUTH_ERRORS_WAIT_SPREAD),
             auth_allow_plain_text=setting(schema.AUTH_ALLOW_PLAIN_TEXT),
             auth_must_match_sender=setting(schema.AUTH_MUST_MATCH_SENDER),
             rcpt_relay=relay,

@@ -140,6 +140,7 @@ class SessionSettings:
     auth_require: Expr              # session.auth.require
     auth_errors_total: Expr         # session.auth.errors.total (alias .max)
     auth_errors_wait: Expr          # session.auth.errors.wait (seconds)
+    auth_errors_wait_spread: Expr   # session.auth.errors.wait-spread (share of the wait added at random)
     auth_allow_plain_text: Expr     # session.auth.allow-plain-text
     auth_must_match_sender: Expr    # session.auth.must-match-sender
     rcpt_relay: Expr                # session.rcpt.relay

@@ -66,6 +66,10 @@ AUTH_REQUIRE = Setting("session.auth.require", values.boolean, CONNECT, False)
 AUTH_ERRORS_TOTAL = Setting("session.auth.errors.total", values.positive_int, CONNECT, 3,
                             aliases=("session.auth.errors.max",))
 AUTH_ERRORS_WAIT = Setting("session.auth.errors.wait", values.duration, CONNECT, 5.0)
+# Each failure's wait is drawn from [wait, wait x (1 + spread)]: never shorter than errors.wait, and
+# sessions that fail together (a scripted attack) do not get their replies, and send their next guess,
+# in one burst every errors.wait.
+AUTH_ERRORS_WAIT_SPREAD = Setting("session.auth.errors.wait-spread", values.fraction, CONNECT, 0.25)
 AUTH_ALLOW_PLAIN_TEXT = Setting("session.auth.allow-plain-text", values.boolean, EHLO, False)
 AUTH_MUST_MATCH_SENDER = Setting("session.auth.must-match-sender", values.boolean, AUTHENTICATED, True)
 
@@ -79,7 +83,8 @@ DATA_MAX_MESSAGES = Setting("session.data.limits.messages", values.positive_int,
 
 SESSION_SETTINGS: tuple[Setting, ...] = (
     TIMEOUT, DURATION, TRANSFER_LIMIT, EHLO_REQUIRE, ERRORS_TOTAL,
-    AUTH_MECHANISMS, AUTH_LOOKUP, AUTH_REQUIRE, AUTH_ERRORS_TOTAL, AUTH_ERRORS_WAIT, AUTH_ALLOW_PLAIN_TEXT,
+    AUTH_MECHANISMS, AUTH_LOOKUP, AUTH_REQUIRE, AUTH_ERRORS_TOTAL, AUTH_ERRORS_WAIT, AUTH_ERRORS_WAIT_SPREAD,
+    AUTH_ALLOW_PLAIN_TEXT,
     AUTH_MUST_MATCH_SENDER,
     RCPT_RELAY, RCPT_DOMAINS, RCPT_ADDRESSES, RCPT_MAX_RECIPIENTS,
     DATA_MAX_SIZE, DATA_MAX_MESSAGES,

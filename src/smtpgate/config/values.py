@@ -56,6 +56,21 @@ def duration(key: str, raw: Any) -> float:
     return seconds
 
 
+def fraction(key: str, raw: Any) -> float:
+    """A share between 0 and 1: a number (0.25) or a percentage string ("25%")."""
+    value: float | None = None
+    if isinstance(raw, (int, float)) and not isinstance(raw, bool):
+        value = float(raw)
+    elif isinstance(raw, str) and raw.strip().endswith("%"):
+        try:
+            value = float(raw.strip()[:-1]) / 100.0
+        except ValueError:
+            value = None
+    if value is None or not 0.0 <= value <= 1.0:
+        raise ConfigError(key, f"expected a share between 0 and 1 such as 0.25 or \"25%\", got {_show(raw)}")
+    return value
+
+
 def size(key: str, raw: Any) -> int:
     """Bytes: an integer or "10MB"-style string."""
     if isinstance(raw, int) and not isinstance(raw, bool):

@@ -1,6 +1,8 @@
 """What every session of one listener shares, built once by the server."""
 from __future__ import annotations
 
+import random
+
 from ..config.model import ListenerSettings, Settings
 from ..lookup.base import Lookup
 from ..protocol import replies as R
@@ -19,6 +21,7 @@ class ListenerContext:
         self.lmtp = listener.protocol == "lmtp"
         self.local_addr: tuple[str, int] | None = None  # set by the server when the listener has one address
         self.ehlo_cache: dict[tuple, bytes] = {}       # see ehlo.capabilities
+        self.random = random.random     # [0, 1): session.auth.errors.wait-spread (tests may pin it)
         #: the listener-wide params when every connect-time setting is a constant, else None
         self.shared_params = (SessionParams(settings.session, lookups, None)
                               if connect_time_constant(settings.session) else None)

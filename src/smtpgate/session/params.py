@@ -16,7 +16,7 @@ from ..lookup.base import Lookup
 
 class SessionParams:
     __slots__ = ("timeout", "duration", "transfer_limit", "ehlo_require", "errors_total", "auth_lookup", "auth_require",
-                 "auth_errors_total", "auth_errors_wait", "rcpt_domains", "rcpt_addresses", "data_max_messages")
+                 "auth_errors_total", "auth_errors_wait", "auth_errors_wait_spread", "rcpt_domains", "rcpt_addresses", "data_max_messages")
 
     def __init__(self, cfg: SessionSettings, lookups: dict[str, Lookup], v: Any):
         self.timeout: float = cfg.timeout.evaluate(v)                          # idle seconds
@@ -28,6 +28,7 @@ class SessionParams:
         self.auth_require: bool = cfg.auth_require.evaluate(v)
         self.auth_errors_total: int = cfg.auth_errors_total.evaluate(v)
         self.auth_errors_wait: float = cfg.auth_errors_wait.evaluate(v)        # seconds before a failure reply
+        self.auth_errors_wait_spread: float = cfg.auth_errors_wait_spread.evaluate(v)   # share added at random
         self.rcpt_domains: Lookup | None = _lookup(lookups, cfg.rcpt_domains.evaluate(v))
         self.rcpt_addresses: Lookup | None = _lookup(lookups, cfg.rcpt_addresses.evaluate(v))
         self.data_max_messages: int = cfg.data_max_messages.evaluate(v)
@@ -38,7 +39,7 @@ def connect_time_constant(cfg: SessionSettings) -> bool:
     :class:`SessionParams` serves every session of a listener (the common case, and the fast one)."""
     return all(e.constant for e in (
         cfg.timeout, cfg.duration, cfg.transfer_limit, cfg.ehlo_require, cfg.errors_total, cfg.auth_lookup, cfg.auth_require,
-        cfg.auth_errors_total, cfg.auth_errors_wait, cfg.rcpt_domains, cfg.rcpt_addresses, cfg.data_max_messages))
+        cfg.auth_errors_total, cfg.auth_errors_wait, cfg.auth_errors_wait_spread, cfg.rcpt_domains, cfg.rcpt_addresses, cfg.data_max_messages))
 
 
 def _lookup(lookups: dict[str, Lookup], name: str | None) -> Lookup | None:
