@@ -435,6 +435,9 @@ def main() -> int:
     ap.add_argument("--good-rate", type=float, default=10.0,
                     help="sessions per second of each good client (a mail client, not a load generator)")
     ap.add_argument("--refusals", type=int, default=3000)
+    ap.add_argument("--refusal-concurrency", type=int, default=500,
+                    help="refused connections in flight in the refusal phase: the nodes hold each for a random part "
+                         "of server.auto-ban.tarpit, and a long phase would charge idle CPU to the refusals")
     ap.add_argument("--auth-rate", default="100/1d", help="server.auto-ban.auth.rate")
     ap.add_argument("--wait", default="1s", help="session.auth.errors.wait")
     ap.add_argument("--wait-spread", default=None,
@@ -551,7 +554,7 @@ def main() -> int:
             cpu0 = _cpu(pids)
             t0 = time.monotonic()
             runner = uvloop.run if uvloop else asyncio.run
-            ref = runner(_refusals(port, args.refusals))
+            ref = runner(_refusals(port, args.refusals, args.refusal_concurrency))
             ref_seconds = time.monotonic() - t0
             cpu_ref = _cpu(pids) - cpu0 - idle_rate * ref_seconds
     finally:

@@ -239,6 +239,7 @@ def test_bans_expire():
     ('[store.redis]\ntype = "redis"\nurls = ["http://x"]\n', "store.redis.urls", "expected redis://"),
     ('[store.redis]\ntype = "redis"\nurls = ["redis://x"]\nfoo = 1\n', "store.redis.foo", "unknown option"),
     ('[session.auth.errors]\nwait-growth = "fast"\n', "session.auth.errors.wait-growth", "invalid duration"),
+    ('[server.auto-ban]\ntarpit = true\n', "server.auto-ban.tarpit", "expected a duration"),
 ])
 def test_configuration_errors_name_the_key(config, key, message):
     from smtpgate.config.errors import ConfigError

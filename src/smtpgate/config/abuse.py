@@ -8,6 +8,7 @@ Every key of this family has its home in this file::
     server.auto-ban.<kind>.rate / .period     -> AutoBanSettings (kind: auth, abuse, loiter, scan)
     server.auto-ban.auth.trust                -> AbuseSettings.auth_trust
     server.auto-ban.ipv6-prefix               -> AbuseSettings.ipv6_prefix
+    server.auto-ban.tarpit                    -> AbuseSettings.tarpit (used by server/tarpit.py)
     server.allowed-ip / server.blocked-ip     -> AbuseSettings.allowed / .blocked
     session.auth.errors.wait-growth / -max    -> AbuseSettings.wait_growth / .wait_max
     storage.lookup, [store.<id>]              -> AbuseSettings.store (StoreSettings or None = in memory)
@@ -85,6 +86,7 @@ class AbuseSettings:
     autoban: dict[str, AutoBanSettings] = field(default_factory=dict)
     auth_trust: float = 30 * 86400.0     # server.auto-ban.auth.trust: a successful login trusts (ip, login) this long
     ipv6_prefix: int = 64                # server.auto-ban.ipv6-prefix: IPv6 clients counted per network of this size
+    tarpit: float = 0.25                 # server.auto-ban.tarpit: a banned address is refused after a random part of this
     allowed: tuple[Any, ...] = ()        # server.allowed-ip: networks never counted, banned or login-locked
     blocked: tuple[Any, ...] = ()        # server.blocked-ip: networks always refused
     wait_growth: float = 0.0             # session.auth.errors.wait-growth: added per recent failure of the IP
@@ -183,6 +185,10 @@ def build(take: Callable[[str, Any], Any], has: Callable[[str], bool], flat: dic
         if not 1 <= prefix <= 128:
             raise ConfigError(key, "expected a prefix length between 1 and 128")
         a.ipv6_prefix = prefix
+
+    if has("server.auto-ban.tarpit"):
+        raw = take("server.auto-ban.tarpit", None)
+        a.tarpit = 0.0 if raw is False else values.duration("server.auto-ban.tarpit", raw)
 
     for attr, key in (("allowed", "server.allowed-ip"), ("blocked", "server.blocked-ip")):
         items: list[Any] = []

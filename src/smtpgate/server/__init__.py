@@ -34,6 +34,7 @@ from ..session.context import ListenerContext
 from ..session.requests import Deliver
 from .clock import Clock
 from .connection import SmtpConnection
+from .tarpit import Tarpit
 from .tls_listener import TlsListener
 from .tls import server_context
 
@@ -64,6 +65,7 @@ class Server:
         self._verdicts: set[asyncio.Task] = set()   # lookups judging credentials of clients gone
         self._budget_warned = False
         self.guard = None               # abuse.guard.Guard: throttles, bans (config/abuse.py)
+        self.tarpit = Tarpit()          # banned addresses refused after a random pause (server/tarpit.py)
         self.observer = Observer(self)          # metrics, log events, the management (http) listener
 
     # -- life cycle ----------------------------------------------------------------------------------

@@ -92,8 +92,8 @@ class SmtpConnection(asyncio.Protocol):
         if ticket.refusal is not None:
             self.ctx.events.refused_by_reply(ticket.refusal, peer[0], peer[1])
             self.closed = True
-            transport.write(ticket.refusal)
-            transport.close()
+            transport.pause_reading()           # nothing of the client is read, now or during a tarpit pause
+            self.server.tarpit.refuse(guard, ticket.refusal, _write_and_close, transport, ticket.refusal)
             return False
         if ticket.pending is not None:
             self.pending = asyncio.get_running_loop().create_task(self._admit_later(guard))
@@ -416,6 +416,12 @@ class SmtpConnection(asyncio.Protocol):
 
 
 _LATER = object()
+
+
+def _write_and_close(transport: Any, reply: bytes) -> None:
+    if not transport.is_closing():
+        transport.write(reply)
+        transport.close()
 
 
 def _answer_now(req: Any, observer: Any) -> Any:

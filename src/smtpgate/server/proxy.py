@@ -187,7 +187,7 @@ class ProxyServer:
             return True
         self.ctx.events.refused_by_reply(ticket.refusal, client[0], client[1])
         self.server._unregister(smtp)               # gives the guard's slots back (and the count, if any)
-        self._refuse(conn, ticket.refusal)
+        self.server.tarpit.refuse(guard, ticket.refusal, self._refuse, conn, ticket.refusal)
         return False
 
     def _refuse(self, conn: socket.socket, reply: bytes) -> None:

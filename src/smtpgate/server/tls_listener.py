@@ -67,10 +67,11 @@ class TlsListener:
             if guard is not None:
                 # Banned/blocked address, concurrency throttle (abuse/guard.py): refused before any handshake.
                 conn.ticket = guard.admit(addr[0], conn.ctx.listener.id, *conn.local_end(guard, sock))
-                if conn.ticket.refusal is not None:
-                    conn.ctx.events.refused_by_reply(conn.ticket.refusal, addr[0], addr[1])
+                refusal = conn.ticket.refusal
+                if refusal is not None:
+                    conn.ctx.events.refused_by_reply(refusal, addr[0], addr[1])
                     self._server._unregister(conn)      # gives the guard's slots back
-                    sock.close()
+                    self._server.tarpit.refuse(guard, refusal, sock.close)   # no reply: no handshake
                     continue
             if not self._server._register(conn):
                 conn.ctx.events.connection_refused("max-connections", addr[0], addr[1])

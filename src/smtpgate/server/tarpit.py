@@ -1,0 +1,46 @@
+"""``server.auto-ban.tarpit``: a banned or blocked address's connection is refused after a random pause.
+
+The refusal itself stays what the guard decided at accept (the reply of ``abuse/replies.py``, or for
+implicit TLS a bare close), before a byte of the client is read. Only *when* it happens changes: the
+socket is held, unread and unregistered, for a random time in ``[0, tarpit)``, then answered and closed.
+
+Why: a banned client that reconnects the moment it is refused costs the machine a whole connection's
+work (the proxy's, the kernel's, ours) per reconnect, and a botnet whose sessions are refused together
+comes back together, as a burst that a real user's login arrives in the middle of. The pause lowers the
+rate of a client that waits for the refusal, and the random part breaks the bursts up.
+
+What it costs: one timer and one descriptor per held connection, nothing read, no session; at most
+``HELD_MAX`` are held per process (beyond that a refusal is immediate), so an attacker cannot turn the
+pause into a descriptor exhaustion. Held connections do not count toward ``max-connections``.
+"""
+from __future__ import annotations
+
+import asyncio
+import random
+from typing import Any, Callable
+
+from ..abuse import replies
+
+HELD_MAX = 1024
+
+
+class Tarpit:
+    __slots__ = ("held", "random")
+
+    def __init__(self, rnd: Callable[[], float] = random.random):
+        self.held = 0           # connections waiting for their refusal now
+        self.random = rnd
+
+    def refuse(self, guard: Any, refusal: bytes | None, refuse: Callable[..., None], *args: Any) -> None:
+        """Call ``refuse(*args)`` now, or after the pause when ``refusal`` is the ban reply and the
+        guard's settings ask for a tarpit."""
+        delay = guard.settings.tarpit if refusal is replies.BANNED and guard is not None else 0.0
+        if delay <= 0 or self.held >= HELD_MAX:
+            refuse(*args)
+            return
+        self.held += 1
+        asyncio.get_running_loop().call_later(delay * self.random(), self._release, refuse, args)
+
+    def _release(self, refuse: Callable[..., None], args: tuple) -> None:
+        self.held -= 1
+        refuse(*args)
