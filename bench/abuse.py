@@ -76,7 +76,7 @@ CLK = os.sysconf("SC_CLK_TCK")
 NODE_CONFIG = """
 [server]
 hostname = "node-{name}.bench"
-
+{tarpit}
 [server.listener.submission]
 bind = ["127.0.0.1:{port}"]
 proxy.trusted-networks = ["127.0.0.1/32"]
@@ -440,6 +440,8 @@ def main() -> int:
                          "of server.auto-ban.tarpit, and a long phase would charge idle CPU to the refusals")
     ap.add_argument("--auth-rate", default="100/1d", help="server.auto-ban.auth.rate")
     ap.add_argument("--wait", default="1s", help="session.auth.errors.wait")
+    ap.add_argument("--tarpit", default=None,
+                    help='server.auto-ban.tarpit, e.g. "250ms" or false (default: not set, the server\'s default)')
     ap.add_argument("--wait-spread", default=None,
                     help="session.auth.errors.wait-spread (default: not set, the server's default; 0 = a fixed wait)")
     ap.add_argument("--attacker-nice", type=int, default=0,
@@ -484,6 +486,8 @@ def main() -> int:
             text = (NODE_CONFIG.replace("{name}", name).replace("{users}", users).replace("{rate}", args.auth_rate)
                     .replace("{wait}", args.wait)
                     .replace("{spread}", "" if args.wait_spread is None else f"errors.wait-spread = {args.wait_spread}\n")
+                    .replace("{tarpit}", "" if args.tarpit is None else
+                             f"auto-ban.tarpit = {args.tarpit if args.tarpit == 'false' else repr(args.tarpit)}\n")
                     .replace("{redis}", redis.url))
             nodes.append(start_node(name, text, tmp, log_level=args.node_log_level))
         pids = [n.proc.pid for n in nodes]
@@ -571,7 +575,7 @@ def main() -> int:
     result = {
         "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
         "attackers": args.attackers, "attack_ips": len(ATTACK_IPS), "user_names": NAMES, "good_clients": GOOD,
-        "auth_rate": args.auth_rate, "errors_wait": args.wait, "wait_spread": args.wait_spread, "haproxy_threads": args.haproxy_threads or "default",
+        "auth_rate": args.auth_rate, "errors_wait": args.wait, "wait_spread": args.wait_spread, "tarpit": args.tarpit, "haproxy_threads": args.haproxy_threads or "default",
         "attacker_jitter": args.attacker_jitter, "attacker_nice": args.attacker_nice,
         "baseline": {"sessions": base_sessions, "auth_p50_ms": _p(base["latencies"], 0.5) * 1000,
                      "auth_p99_ms": _p(base["latencies"], 0.99) * 1000, "codes": base["codes"],
@@ -602,7 +606,7 @@ def main() -> int:
     b, a, r = result["baseline"], result["attack"], result["refusals"]
     print(f"""
 smtpgate abuse bench: {args.attackers} attacking sessions from {len(ATTACK_IPS)} addresses rotating {NAMES} user names,
-{GOOD} good clients, 2 nodes behind HAProxy (send-proxy-v2), shared Redis; auth.rate {args.auth_rate}, errors.wait {args.wait} (wait-spread {args.wait_spread or "default"})
+{GOOD} good clients, 2 nodes behind HAProxy (send-proxy-v2), shared Redis; auth.rate {args.auth_rate}, errors.wait {args.wait} (wait-spread {args.wait_spread or "default"}, tarpit {args.tarpit or "default"})
 
 | figure | value | target |
 |---|---|---|
