@@ -29,10 +29,13 @@ in phases 1 and 2 is sampled every second per process group (nodes, HAProxy, Red
 the kernel's softirq work, and the rest: other processes; /proc/stat is tick-sampled, so the rest is
 approximate, +-0.2 cores).
 
-By default the 1,000 attacking sessions run in lockstep: started in the same millisecond, then paced by
-the server's fixed ``errors.wait`` and the fixed reconnect pause, so each round of guesses (and later of
-reconnects) reaches the nodes as one burst that the good logins queue behind. ``--attacker-jitter``
-spreads them (start within the first second, pause 0.5-1.5x): the same attack volume, not synchronised.
+By default the 1,000 attacking sessions run in lockstep: started in the same millisecond, and reconnecting
+after a fixed pause, so each round of guesses (and later of reconnects) would reach the nodes as one burst
+that the good logins queue behind. The nodes' defaults break the step up: ``session.auth.errors.wait-spread``
+(each failure's wait drawn from [wait, 1.5 wait]) and ``server.auto-ban.tarpit`` (a banned address refused
+after a random pause up to 250 ms); ``--wait-spread 0 --tarpit false`` turns both off (fixed waits,
+immediate refusals). ``--attacker-jitter`` spreads the attackers themselves (start within the first
+second, pause 0.5-1.5x): the same attack volume, not synchronised.
 ``--attacker-nice 19`` approximates attackers on another host; ``--quiet CORES`` waits for an idle machine.
 """
 from __future__ import annotations
@@ -575,7 +578,8 @@ def main() -> int:
     result = {
         "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
         "attackers": args.attackers, "attack_ips": len(ATTACK_IPS), "user_names": NAMES, "good_clients": GOOD,
-        "auth_rate": args.auth_rate, "errors_wait": args.wait, "wait_spread": args.wait_spread, "tarpit": args.tarpit, "haproxy_threads": args.haproxy_threads or "default",
+        "auth_rate": args.auth_rate, "errors_wait": args.wait, "wait_spread": args.wait_spread, "tarpit": args.tarpit,
+        "haproxy_threads": args.haproxy_threads or "default",
         "attacker_jitter": args.attacker_jitter, "attacker_nice": args.attacker_nice,
         "baseline": {"sessions": base_sessions, "auth_p50_ms": _p(base["latencies"], 0.5) * 1000,
                      "auth_p99_ms": _p(base["latencies"], 0.99) * 1000, "codes": base["codes"],

@@ -183,7 +183,7 @@ def test_defaults():
     assert ss.auth_lookup.value is None
     assert ss.auth_require.value is False
     assert ss.auth_errors_total.value == 3
-    assert ss.auth_errors_wait_spread.value == 0.25
+    assert ss.auth_errors_wait_spread.value == 0.5
     assert ss.auth_allow_plain_text.value is False
     assert ss.ehlo_require.value is True
     # relaying defaults to "authenticated sessions only"

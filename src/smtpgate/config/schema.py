@@ -69,7 +69,7 @@ AUTH_ERRORS_WAIT = Setting("session.auth.errors.wait", values.duration, CONNECT,
 # Each failure's wait is drawn from [wait, wait x (1 + spread)]: never shorter than errors.wait, and
 # sessions that fail together (a scripted attack) do not get their replies, and send their next guess,
 # in one burst every errors.wait.
-AUTH_ERRORS_WAIT_SPREAD = Setting("session.auth.errors.wait-spread", values.fraction, CONNECT, 0.25)
+AUTH_ERRORS_WAIT_SPREAD = Setting("session.auth.errors.wait-spread", values.fraction, CONNECT, 0.5)
 AUTH_ALLOW_PLAIN_TEXT = Setting("session.auth.allow-plain-text", values.boolean, EHLO, False)
 AUTH_MUST_MATCH_SENDER = Setting("session.auth.must-match-sender", values.boolean, AUTHENTICATED, True)
 
