@@ -207,6 +207,20 @@ class Canned(Server):
         wait_greeting(self.port)
 
 
+class CannedBurn(Canned):
+    """canned, slower by ``CANNED_BURN_US`` (default 35) microseconds of Python per command line."""
+    name = "canned-burn"
+
+    def start(self):
+        argv = [str(MAIN_PY), str(BENCH / "peers" / "canned.py"), "--port", str(self.port),
+                "--users", str(self.users_plain), "--wait", str(self.wait_s), "--total", str(self.total),
+                "--burn-us", os.environ.get("CANNED_BURN_US", "35")]
+        if self.tls:
+            argv += ["--cert", str(self.tls[0]), "--key", str(self.tls[1])]
+        self._spawn(argv, "canned-burn.log")
+        wait_greeting(self.port)
+
+
 # ---------------------------------------------------------------- aiosmtpd
 
 def ensure_aiosmtpd_venv():
@@ -546,4 +560,4 @@ def create_user_store(config: Path, db: Path, users_plain: Path, argon_users: Pa
             raise RuntimeError(f"smtpgate user add failed: {r.stderr.strip()[-300:]}")
 
 
-SERVERS = {"smtpgate": Smtpgate, "smtpgate-before": SmtpgateBefore, "canned": Canned, "aiosmtpd": Aiosmtpd, "postfix": PostfixDovecot}
+SERVERS = {"smtpgate": Smtpgate, "smtpgate-before": SmtpgateBefore, "canned": Canned, "canned-burn": CannedBurn, "aiosmtpd": Aiosmtpd, "postfix": PostfixDovecot}

@@ -6,6 +6,10 @@ its throughput is the upper bound for a Python server on this machine, and its R
 is the floor. Supports EHLO/HELO, AUTH PLAIN (with or without initial response), AUTH LOGIN, STARTTLS,
 MAIL/RCPT/DATA (message discarded), RSET, NOOP, QUIT; a wrong password is answered 535 after --wait
 seconds (a timer, not a blocking sleep) and the connection is closed after --total failures.
+
+``--burn-us N`` spins N microseconds of Python before handling each command line: the same replies and
+system calls, from a server that is slower by a known amount of user-space work (bench/RESULTS.md uses it
+to show how much of a slower server's CPU per session the kernel adds on loopback).
 """
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ import hmac
 import logging
 import signal
 import ssl
+import time
 
 log = logging.getLogger("smtpgate.bench.canned")
 
@@ -90,6 +95,10 @@ class Canned(asyncio.Protocol):
 
     def line(self, line: bytes) -> bool:
         """Handle one line; True means stop reading this buffer (TLS switch or close)."""
+        if self.srv.burn:
+            end = time.perf_counter() + self.srv.burn
+            while time.perf_counter() < end:
+                pass
         w = self.t.write
         st = self.state
         if st == 1 or st == 3:
@@ -182,6 +191,7 @@ class Canned(asyncio.Protocol):
 class Server:
     def __init__(self, a):
         self.hostname = a.hostname.encode()
+        self.burn = a.burn_us / 1e6
         self.greeting = b"220 " + self.hostname + b" ESMTP canned\r\n"
         self.ehlo = (b"250-" + self.hostname + b" says hello\r\n" + EHLO_CAPS.encode()
                      + b"250 AUTH PLAIN LOGIN\r\n")
@@ -227,6 +237,7 @@ def main():
     ap.add_argument("--cert")
     ap.add_argument("--key")
     ap.add_argument("--no-uvloop", action="store_true")
+    ap.add_argument("--burn-us", type=float, default=0.0, help="spin this long before each command line")
     a = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     if not a.no_uvloop:

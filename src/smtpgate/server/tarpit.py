@@ -10,8 +10,10 @@ comes back together, as a burst that a real user's login arrives in the middle o
 rate of a client that waits for the refusal, and the random part breaks the bursts up.
 
 What it costs: one descriptor per held connection, nothing read, no session. Release times are rounded
-up to a ``GRAIN`` (10 ms) so the refusals due together are made in one turn of the event loop instead of
-one wake-up each (a wake-up per refusal doubled a refusal's CPU cost under a reconnect storm). At most
+up to a ``GRAIN`` (3 ms) so the refusals due together are made in one turn of the event loop instead of
+one wake-up each (a wake-up per refusal cost up to twice the CPU per refusal under a reconnect storm in
+bench/abuse.py). The grain stays small: the clients refused in one turn come back together, and a
+10 ms grain made those groups large enough to delay other clients' logins again. At most
 ``HELD_MAX`` are held per process (beyond that a refusal is immediate), so an attacker cannot turn the
 pause into a descriptor exhaustion. Held connections do not count toward ``max-connections``.
 """
@@ -25,7 +27,7 @@ from typing import Any, Callable
 from ..abuse import replies
 
 HELD_MAX = 1024
-GRAIN = 0.01
+GRAIN = 0.003
 
 
 class Tarpit:
