@@ -34,8 +34,8 @@ import servers  # noqa: E402
 log = logging.getLogger("smtpgate.bench.run")
 BENCH = servers.BENCH
 OUT = BENCH / "out"
-ORDER = ["smtpgate", "smtpgate-before", "canned", "aiosmtpd", "postfix"]
-LABEL = {"smtpgate": "smtpgate", "smtpgate-before": "smtpgate-before", "canned": "canned", "aiosmtpd": "aiosmtpd", "postfix": "postfix+dovecot"}
+ORDER = ["smtpgate", "smtpgate-before", "canned", "canned-burn", "aiosmtpd", "postfix"]
+LABEL = {"smtpgate": "smtpgate", "smtpgate-before": "smtpgate-before", "canned": "canned", "canned-burn": "canned-burn", "aiosmtpd": "aiosmtpd", "postfix": "postfix+dovecot"}
 
 
 def raise_nofile(want=65536):
@@ -442,7 +442,7 @@ class Bench:
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scenarios", default="a,b,c,d,e")
-    ap.add_argument("--servers", default=",".join(ORDER))
+    ap.add_argument("--servers", default=",".join(n for n in ORDER if n != "canned-burn"))
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--duration", type=float, default=5.0, help="measured seconds per run")
     ap.add_argument("--warmup", type=float, default=1.0)
