@@ -1,4 +1,5 @@
-"""``server.auto-ban.tarpit``: a banned or blocked address's connection is refused after a random pause.
+"""``server.auto-ban.tarpit``: during a reconnect storm, a banned or blocked address is refused after a
+random pause.
 
 The refusal itself stays what the guard decided at accept (the reply of ``abuse/replies.py``, or for
 implicit TLS a bare close), before a byte of the client is read. Only *when* it happens changes: the
@@ -9,13 +10,18 @@ work (the proxy's, the kernel's, ours) per reconnect, and a botnet whose session
 comes back together, as a burst that a real user's login arrives in the middle of. The pause lowers the
 rate of a client that waits for the refusal, and the random part breaks the bursts up.
 
+When: only past the first ``STORM`` refusals of banned addresses in a second (per process, one-second
+windows). A few banned clients are refused at once, as without a tarpit: there are no bursts to break
+up, and holding their connections would only keep descriptors open. A flood gets its first ``STORM``
+refusals a second at once and the rest after the pause.
+
 What it costs: one descriptor per held connection, nothing read, no session. Release times are rounded
 up to a ``GRAIN`` (3 ms) so the refusals due together are made in one turn of the event loop instead of
 one wake-up each (a wake-up per refusal cost up to twice the CPU per refusal under a reconnect storm in
 bench/abuse.py). The grain stays small: the clients refused in one turn come back together, and a
-10 ms grain made those groups large enough to delay other clients' logins again. At most
-``HELD_MAX`` are held per process (beyond that a refusal is immediate), so an attacker cannot turn the
-pause into a descriptor exhaustion. Held connections do not count toward ``max-connections``.
+10 ms grain made those groups large enough to delay other clients' logins again. At most ``HELD_MAX``
+are held per process (beyond that a refusal is immediate), so an attacker cannot turn the pause into a
+descriptor exhaustion. Held connections do not count toward ``max-connections``.
 """
 from __future__ import annotations
 
@@ -28,25 +34,35 @@ from ..abuse import replies
 
 HELD_MAX = 1024
 GRAIN = 0.003
+STORM = 100             # refusals of banned addresses per second (per process) before the tarpit holds any
 
 
 class Tarpit:
-    __slots__ = ("held", "random")
+    __slots__ = ("held", "random", "_window", "_count")
 
     def __init__(self, rnd: Callable[[], float] = random.random):
         self.held = 0           # connections waiting for their refusal now
         self.random = rnd
+        self._window = 0.0      # start of the current one-second window
+        self._count = 0         # ban refusals in it
 
     def refuse(self, guard: Any, refusal: bytes | None, refuse: Callable[..., None], *args: Any) -> None:
-        """Call ``refuse(*args)`` now, or after the pause when ``refusal`` is the ban reply and the
-        guard's settings ask for a tarpit."""
+        """Call ``refuse(*args)`` now, or after the pause when ``refusal`` is the ban reply, the guard's
+        settings ask for a tarpit and ban refusals come faster than ``STORM`` a second."""
         delay = guard.settings.tarpit if refusal is replies.BANNED and guard is not None else 0.0
         if delay <= 0 or self.held >= HELD_MAX:
             refuse(*args)
             return
-        self.held += 1
         loop = asyncio.get_running_loop()
-        when = math.ceil((loop.time() + delay * self.random()) / GRAIN) * GRAIN
+        now = loop.time()
+        if now - self._window >= 1.0:
+            self._window, self._count = now, 0
+        self._count += 1
+        if self._count <= STORM:
+            refuse(*args)
+            return
+        self.held += 1
+        when = math.ceil((now + delay * self.random()) / GRAIN) * GRAIN
         loop.call_at(when, self._release, refuse, args)
 
     def _release(self, refuse: Callable[..., None], args: tuple) -> None:
