@@ -5,7 +5,7 @@ import asyncio
 
 from smtpgate.abuse import replies
 from smtpgate.config.load import load_text
-from smtpgate.server.tarpit import HELD_MAX, STORM, Tarpit
+from smtpgate.server.tarpit import HELD_MAX, Tarpit
 
 HEAD = '[server.listener.smtp]\nbind = "127.0.0.1:0"\n'
 
@@ -21,36 +21,41 @@ def test_the_setting_defaults_to_a_quarter_second_and_false_turns_it_off():
     assert load_text(HEAD + '[server.auto-ban]\ntarpit = false\n').abuse.tarpit == 0.0
 
 
-def test_a_few_ban_refusals_are_immediate_a_storm_waits_a_random_part_of_the_pause():
-    async def scenario() -> tuple[int, list, list]:
+def test_the_first_ban_refusal_of_a_loop_turn_is_immediate_the_rest_of_a_burst_wait():
+    async def scenario() -> tuple[list, list, list]:
         loop = asyncio.get_running_loop()
         pit = Tarpit(rnd=lambda: 0.5)
         done: list = []
         start = loop.time()
-        for _ in range(STORM):                                 # a few banned clients: refused at once
-            pit.refuse(_Guard(0.2), replies.BANNED, done.append, ("quiet", 0.0))
-        quiet = len(done)
+        for i in range(3):                                     # one at a time: a turn each, all at once
+            pit.refuse(_Guard(0.2), replies.BANNED, done.append, ("alone", i))
+            await asyncio.sleep(0)
+        alone = list(done)
+        done.clear()
+        # A burst: several refusals in one turn. The first goes at once, so do refusals that are not bans
+        # or have no guard; the other bans wait a random part (here half) of the pause.
+        pit.refuse(_Guard(0.2), replies.BANNED, lambda: done.append(("first", loop.time() - start)))
         pit.refuse(_Guard(0.2), replies.TOO_MANY_CONCURRENT, lambda: done.append(("throttle", loop.time() - start)))
         pit.refuse(None, replies.BANNED, lambda: done.append(("no guard", loop.time() - start)))
-        pit.refuse(_Guard(0.2), replies.BANNED, lambda: done.append(("storm", loop.time() - start)))
-        immediate = [k for k, _ in done[quiet:]]
+        pit.refuse(_Guard(0.2), replies.BANNED, lambda: done.append(("burst", loop.time() - start)))
+        immediate = [k for k, _ in done]
         assert pit.held == 1
         await asyncio.sleep(0.3)
-        return quiet, immediate, done
-    quiet, immediate, done = asyncio.run(scenario())
-    assert quiet == STORM
-    assert immediate == ["throttle", "no guard"]               # not a ban refusal / no guard: never held
-    assert done[-1][0] == "storm" and 0.09 <= done[-1][1] < 0.25     # 0.5 x 0.2 s, on a 3 ms grain
+        return alone, immediate, done
+    alone, immediate, done = asyncio.run(scenario())
+    assert alone == [("alone", 0), ("alone", 1), ("alone", 2)]
+    assert immediate == ["first", "throttle", "no guard"]
+    assert done[-1][0] == "burst" and 0.09 <= done[-1][1] < 0.25     # 0.5 x 0.2 s, on a 3 ms grain
 
 
 def test_beyond_the_cap_a_refusal_is_immediate():
     async def scenario() -> tuple[int, int, int]:
         pit = Tarpit(rnd=lambda: 1.0)
         calls = []
-        for i in range(STORM + HELD_MAX + 5):
+        for i in range(1 + HELD_MAX + 5):                      # one turn: the first at once, then the cap
             pit.refuse(_Guard(0.05), replies.BANNED, calls.append, i)
         now, held = len(calls), pit.held
         await asyncio.sleep(0.15)
         return now, held, len(calls)
     now, held, later = asyncio.run(scenario())
-    assert (now, held, later) == (STORM + 5, HELD_MAX, STORM + HELD_MAX + 5)
+    assert (now, held, later) == (1 + 5, HELD_MAX, 1 + HELD_MAX + 5)

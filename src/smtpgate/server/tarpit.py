@@ -10,10 +10,12 @@ work (the proxy's, the kernel's, ours) per reconnect, and a botnet whose session
 comes back together, as a burst that a real user's login arrives in the middle of. The pause lowers the
 rate of a client that waits for the refusal, and the random part breaks the bursts up.
 
-When: only past the first ``STORM`` refusals of banned addresses in a second (per process, one-second
-windows). A few banned clients are refused at once, as without a tarpit: there are no bursts to break
-up, and holding their connections would only keep descriptors open. A flood gets its first ``STORM``
-refusals a second at once and the rest after the pause.
+When: only for the refusals that come in a burst -- the second and later ban refusals made in the same
+turn of the event loop (a batch of accepts, or connections that arrived while the loop was busy). The
+first of a turn is refused at once. So a banned client that connects again and again, one connection at
+a time, and a few banned clients here and there, are refused at once, as without a tarpit (there is no
+burst to break up, and holding their connections would only keep descriptors open and wake the loop
+twice per refusal); a storm that arrives faster than the loop turns is spread out.
 
 What it costs: one descriptor per held connection, nothing read, no session. Release times are rounded
 up to a ``GRAIN`` (3 ms) so the refusals due together are made in one turn of the event loop instead of
@@ -34,36 +36,35 @@ from ..abuse import replies
 
 HELD_MAX = 1024
 GRAIN = 0.003
-STORM = 100             # refusals of banned addresses per second (per process) before the tarpit holds any
 
 
 class Tarpit:
-    __slots__ = ("held", "random", "_window", "_count")
+    __slots__ = ("held", "random", "_in_turn")
 
     def __init__(self, rnd: Callable[[], float] = random.random):
         self.held = 0           # connections waiting for their refusal now
         self.random = rnd
-        self._window = 0.0      # start of the current one-second window
-        self._count = 0         # ban refusals in it
+        self._in_turn = False   # a ban refusal was made in this turn of the event loop already
 
     def refuse(self, guard: Any, refusal: bytes | None, refuse: Callable[..., None], *args: Any) -> None:
         """Call ``refuse(*args)`` now, or after the pause when ``refusal`` is the ban reply, the guard's
-        settings ask for a tarpit and ban refusals come faster than ``STORM`` a second."""
+        settings ask for a tarpit and another ban refusal was made in this turn of the loop."""
         delay = guard.settings.tarpit if refusal is replies.BANNED and guard is not None else 0.0
         if delay <= 0 or self.held >= HELD_MAX:
             refuse(*args)
             return
         loop = asyncio.get_running_loop()
-        now = loop.time()
-        if now - self._window >= 1.0:
-            self._window, self._count = now, 0
-        self._count += 1
-        if self._count <= STORM:
+        if not self._in_turn:
+            self._in_turn = True
+            loop.call_soon(self._turn_over)         # runs after this turn's callbacks
             refuse(*args)
             return
         self.held += 1
-        when = math.ceil((now + delay * self.random()) / GRAIN) * GRAIN
+        when = math.ceil((loop.time() + delay * self.random()) / GRAIN) * GRAIN
         loop.call_at(when, self._release, refuse, args)
+
+    def _turn_over(self) -> None:
+        self._in_turn = False
 
     def _release(self, refuse: Callable[..., None], args: tuple) -> None:
         self.held -= 1
