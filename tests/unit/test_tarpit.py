@@ -5,7 +5,7 @@ import asyncio
 
 from smtpgate.abuse import replies
 from smtpgate.config.load import load_text
-from smtpgate.server.tarpit import HELD_MAX, Tarpit
+from smtpgate.server.tarpit import FLOOD, HELD_MAX, Tarpit
 
 HEAD = '[server.listener.smtp]\nbind = "127.0.0.1:0"\n'
 
@@ -59,3 +59,14 @@ def test_beyond_the_cap_a_refusal_is_immediate():
         return now, held, len(calls)
     now, held, later = asyncio.run(scenario())
     assert (now, held, later) == (1 + 5, HELD_MAX, 1 + HELD_MAX + 5)
+
+
+def test_past_the_flood_rate_every_ban_refusal_waits():
+    async def scenario() -> tuple[int, int]:
+        pit = Tarpit(rnd=lambda: 1.0)
+        calls = []
+        for i in range(FLOOD + 10):                            # one at a time, faster than FLOOD a second
+            pit.refuse(_Guard(5.0), replies.BANNED, calls.append, i)
+            await asyncio.sleep(0)
+        return len(calls), pit.held
+    assert asyncio.run(scenario()) == (FLOOD, 10)

@@ -10,12 +10,12 @@ work (the proxy's, the kernel's, ours) per reconnect, and a botnet whose session
 comes back together, as a burst that a real user's login arrives in the middle of. The pause lowers the
 rate of a client that waits for the refusal, and the random part breaks the bursts up.
 
-When: only for the refusals that come in a burst -- the second and later ban refusals made in the same
-turn of the event loop (a batch of accepts, or connections that arrived while the loop was busy). The
-first of a turn is refused at once. So a banned client that connects again and again, one connection at
-a time, and a few banned clients here and there, are refused at once, as without a tarpit (there is no
-burst to break up, and holding their connections would only keep descriptors open and wake the loop
-twice per refusal); a storm that arrives faster than the loop turns is spread out.
+When: only in a burst or a flood -- the second and later ban refusals made in the same turn of the
+event loop (a batch of accepts, or connections that arrived while the loop was busy), and every ban
+refusal past the first ``FLOOD`` in a second (per process). So a few banned clients here and there, or
+one connecting again and again, one connection at a time, at up to ``FLOOD`` a second, are refused at
+once, as without a tarpit (there is no burst to break up, and holding their connections would only keep
+descriptors open and wake the loop twice per refusal); a storm is spread out and slowed down.
 
 What it costs: one descriptor per held connection, nothing read, no session. Release times are rounded
 up to a ``GRAIN`` (3 ms) so the refusals due together are made in one turn of the event loop instead of
@@ -36,31 +36,38 @@ from ..abuse import replies
 
 HELD_MAX = 1024
 GRAIN = 0.003
+FLOOD = 1000            # ban refusals a second (per process) past which every one is held
 
 
 class Tarpit:
-    __slots__ = ("held", "random", "_in_turn")
+    __slots__ = ("held", "random", "_in_turn", "_window", "_count")
 
     def __init__(self, rnd: Callable[[], float] = random.random):
         self.held = 0           # connections waiting for their refusal now
         self.random = rnd
         self._in_turn = False   # a ban refusal was made in this turn of the event loop already
+        self._window = 0.0      # start of the current one-second window
+        self._count = 0         # ban refusals in it
 
     def refuse(self, guard: Any, refusal: bytes | None, refuse: Callable[..., None], *args: Any) -> None:
         """Call ``refuse(*args)`` now, or after the pause when ``refusal`` is the ban reply, the guard's
-        settings ask for a tarpit and another ban refusal was made in this turn of the loop."""
+        settings ask for a tarpit, and this refusal is part of a burst or a flood."""
         delay = guard.settings.tarpit if refusal is replies.BANNED and guard is not None else 0.0
         if delay <= 0 or self.held >= HELD_MAX:
             refuse(*args)
             return
         loop = asyncio.get_running_loop()
-        if not self._in_turn:
+        now = loop.time()
+        if now - self._window >= 1.0:
+            self._window, self._count = now, 0
+        self._count += 1
+        if not self._in_turn and self._count <= FLOOD:
             self._in_turn = True
             loop.call_soon(self._turn_over)         # runs after this turn's callbacks
             refuse(*args)
             return
         self.held += 1
-        when = math.ceil((loop.time() + delay * self.random()) / GRAIN) * GRAIN
+        when = math.ceil((now + delay * self.random()) / GRAIN) * GRAIN
         loop.call_at(when, self._release, refuse, args)
 
     def _turn_over(self) -> None:
