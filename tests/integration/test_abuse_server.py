@@ -116,7 +116,7 @@ def test_a_distributed_attack_locks_the_login_but_not_its_owner(tmp_path):
 
 
 def test_progressive_wait_grows_across_sessions(tmp_path):
-    config = BASE.replace('wait = "1ms"', 'wait = "50ms"\nwait-growth = "300ms"\nwait-max = "700ms"') \
+    config = BASE.replace('wait = "1ms"', 'wait = "50ms"\nwait-growth = "300ms"\nwait-max = "700ms"\nwait-spread = 0') \
         + '[server.auto-ban]\nauth.rate = "100/1h"\n'
     with run_server(config, tmp_path) as srv:
         port = srv.port("smtp")
@@ -133,6 +133,27 @@ def test_progressive_wait_grows_across_sessions(tmp_path):
         t0 = time.monotonic()
         assert login(port, "127.0.0.8", "john@local.test", "bad") == INVALID   # another address: base wait
         assert time.monotonic() - t0 < 0.3
+
+
+def test_the_wait_is_spread_once_the_address_failed_often(tmp_path):
+    """errors.wait-spread: a user's first typos wait exactly errors.wait; past SPREAD_AFTER failures of
+    the address (distinct guesses, across sessions) each wait is drawn from [wait, wait x (1 + spread)]."""
+    from smtpgate.abuse.guard import SPREAD_AFTER
+    config = BASE.replace('wait = "1ms"', 'wait = "200ms"\nwait-spread = 1.0') + '[server.auto-ban]\nauth.rate = "100/1h"\n'
+    with run_server(config, tmp_path) as srv:
+        port = srv.port("smtp")
+        c = Client(port, "127.0.0.9")
+        c.cmd("EHLO c.test")
+        took = []
+        for i in range(SPREAD_AFTER + 20):
+            t0 = time.monotonic()
+            assert c.auth("john@local.test", f"guess{i}") == INVALID
+            took.append(time.monotonic() - t0)
+        c.close()
+    first, later = took[:SPREAD_AFTER], took[SPREAD_AFTER:]
+    assert all(0.2 <= t < 0.3 for t in first), first                # exactly errors.wait (+ latency)
+    assert all(0.2 <= t < 0.55 for t in later), later               # never shorter, at most 2x (+ latency)
+    assert max(later) > 0.3, later                                  # 20 draws from [0.2, 0.4]: some above 0.3
 
 
 def test_concurrency_throttle_refuses_the_extra_connection(tmp_path):

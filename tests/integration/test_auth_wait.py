@@ -111,9 +111,6 @@ users = ["good@example.org:good-pw", "bad@example.org:bad-pw"]
     assert len(results) == BAD_CLIENTS
     assert all(reply == (INVALID + "\r\n").encode() for _, reply in results)
     assert min(delays) >= WAIT - 0.05, min(delays)                   # each waited its full errors.wait
-    # ... and not in step: the default errors.wait-spread (0.5) draws each wait from [2 s, 3 s], so
-    # sessions that failed together do not all hear their reply in the same instant.
-    assert max(delays) - min(delays) > 0.6, (min(delays), max(delays))
     # ... concurrently: 1 000 sequential waits would take 2 000 s, not a few seconds.
     assert max(delays) < WAIT + 5, max(delays)
 

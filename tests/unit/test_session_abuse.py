@@ -97,14 +97,16 @@ def test_the_gate_comes_before_the_lookup_and_learns_the_verdict(settings):
     assert b"".join(s.out).startswith(b"235 ")
 
 
-@pytest.mark.parametrize("spread,drawn,expected", [(0.25, 0.0, 2.0), (0.25, 0.999, 2.4995), (0.5, 0.5, 2.5)])
-def test_the_failure_wait_is_spread_upwards_at_random(spread, drawn, expected):
-    """errors.wait-spread: each failure's wait is drawn from [wait, wait x (1 + spread)], never shorter."""
+@pytest.mark.parametrize("often,spread,drawn,expected", [
+    (True, 0.25, 0.0, 2.0), (True, 0.25, 0.999, 2.4995), (True, 0.5, 0.5, 2.5), (False, 0.5, 0.999, 2.0)])
+def test_the_failure_wait_of_an_address_that_failed_often_is_spread_upwards(often, spread, drawn, expected):
+    """errors.wait-spread: once the guard says the address failed often lately, each failure's wait is
+    drawn from [wait, wait x (1 + spread)], never shorter; otherwise it is exactly errors.wait."""
     settings = load_text(CONFIG.replace("wait-spread = 0", f"wait-spread = {spread}"))
     s = session(settings)
     s.ctx.random = lambda: drawn
     seen = run(s.handle(plain("john@example.org", "wrong")), {
-        AuthGate: lambda r: GateAnswer("ok", r.wait, ticket="T"), Authenticate: lookup,
+        AuthGate: lambda r: GateAnswer("ok", r.wait, ticket="T", spread=often), Authenticate: lookup,
         AuthDone: lambda r: False, Sleep: lambda r: None})
     assert seen[-1] == Sleep(pytest.approx(expected))
 

@@ -40,6 +40,10 @@ log = logging.getLogger("smtpgate.abuse")
 
 REFRESH_INTERVAL = 0.5          # how often bans made elsewhere are picked up
 
+#: Failures of an address (in the auth.rate window, across sessions) after which its failure waits are
+#: spread by ``session.auth.errors.wait-spread``: a user's few typos wait exactly ``errors.wait``.
+SPREAD_AFTER = 5
+
 
 @dataclass(slots=True)
 class Ticket:
@@ -234,16 +238,17 @@ class Guard:
         counted = tuple([h for h, (_, did) in zip(hits, results) if did])
         ticket = _AuthTicket(counted, ip, login_key, count)
         grown = wait
+        spread = count > SPREAD_AFTER
         if self.settings.wait_growth > 0:
             previous = max(0, count - 1)
             grown = min(max(wait, self.settings.wait_max), wait + self.settings.wait_growth * previous)
         limit = self._auth_limit
         if limit is not None:
             if count > limit or self.store.banned(ip, self.clock()) is not None:
-                return GateAnswer("banned", grown, ticket), count > limit
+                return GateAnswer("banned", grown, ticket, spread), count > limit
             if len(results) > 1 and results[1][0] > limit and not trusted:
-                return GateAnswer("locked", grown, ticket), False
-        return GateAnswer("ok", grown, ticket), False
+                return GateAnswer("locked", grown, ticket, spread), False
+        return GateAnswer("ok", grown, ticket, spread), False
 
     async def auth_gate(self, remote_ip: Any, login: str, secret: str | None, wait: float) -> GateAnswer:
         if not self.tracks_auth or self._exempt(remote_ip):

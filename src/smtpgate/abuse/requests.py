@@ -26,6 +26,7 @@ class GateAnswer:
                                         # | "banned" (the address is banned: fail and close)
     wait: float                         # the delay before a failure reply (progressive wait)
     ticket: Any = None                  # hand back in AuthDone
+    spread: bool = False                # the address failed often lately: spread its wait (wait-spread)
 
 
 OPEN = GateAnswer("ok", 0.0)           # what a session without a guard behaves as

@@ -66,9 +66,9 @@ AUTH_REQUIRE = Setting("session.auth.require", values.boolean, CONNECT, False)
 AUTH_ERRORS_TOTAL = Setting("session.auth.errors.total", values.positive_int, CONNECT, 3,
                             aliases=("session.auth.errors.max",))
 AUTH_ERRORS_WAIT = Setting("session.auth.errors.wait", values.duration, CONNECT, 5.0)
-# Each failure's wait is drawn from [wait, wait x (1 + spread)]: never shorter than errors.wait, and
-# sessions that fail together (a scripted attack) do not get their replies, and send their next guess,
-# in one burst every errors.wait.
+# Once an address has failed often lately (abuse/guard.py SPREAD_AFTER), each of its failures' waits is
+# drawn from [wait, wait x (1 + spread)]: never shorter than errors.wait, and sessions that fail together
+# (a scripted attack) do not get their replies, and send their next guess, in one burst every errors.wait.
 AUTH_ERRORS_WAIT_SPREAD = Setting("session.auth.errors.wait-spread", values.fraction, CONNECT, 0.5)
 AUTH_ALLOW_PLAIN_TEXT = Setting("session.auth.allow-plain-text", values.boolean, EHLO, False)
 AUTH_MUST_MATCH_SENDER = Setting("session.auth.must-match-sender", values.boolean, AUTHENTICATED, True)

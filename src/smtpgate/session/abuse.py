@@ -46,9 +46,16 @@ class Attempt:
         return g.verdict if g is not None and g.verdict != "ok" else None
 
     def wait(self, s: "Session") -> float:
-        if self.gate is None:
+        """The delay before this failure's reply: ``errors.wait`` (grown by the guard with ``wait-growth``),
+        spread at random by ``wait-spread`` once the address has failed often lately (the guard says so)."""
+        g = self.gate
+        if g is None:
             return s.params.auth_errors_wait
-        return 0.0 if self.gate.verdict == "banned" else self.gate.wait   # a banned client is closed at once
+        if g.verdict == "banned":
+            return 0.0                                  # a banned client is closed at once
+        if g.spread:
+            return g.wait * (1.0 + s.params.auth_errors_wait_spread * s.ctx.random())
+        return g.wait
 
     def settle(self, s: "Session", outcome: str) -> Generator:
         """``outcome``: "success" | "invalid" | "tempfail". Only a failure can earn a ban, so only a failure

@@ -147,14 +147,14 @@ def _failed(s: "Session", verdict: _Verdict, att: Attempt | None = None) -> Gene
 def _count_failure(s: "Session", mechanism: str, user: str, result: str, att: Attempt | None = None,
                    reason: str = "") -> Generator:
     """A counted authentication failure: count it, log it, tell the abuse guard, and wait
-    ``session.auth.errors.wait`` (grown by the guard when ``wait-growth`` is set, then lengthened by up
-    to ``wait-spread`` of itself at random; a timer of this session only) before the client hears anything."""
+    ``session.auth.errors.wait`` (grown by the guard when ``wait-growth`` is set, lengthened at random by
+    ``wait-spread`` for an address that failed often: ``Attempt.wait``; a timer of this session only)
+    before the client hears anything."""
     s.auth_failures += 1
     _record_attempt(s, mechanism, user, result, reason)
     if att is not None:
         yield from att.settle(s, "invalid")
-    wait = att.wait(s) if att is not None else s.params.auth_errors_wait
-    yield Sleep(wait * (1.0 + s.params.auth_errors_wait_spread * s.ctx.random()))
+    yield Sleep(att.wait(s) if att is not None else s.params.auth_errors_wait)
 
 
 def _reply_failure(s: "Session", reply: bytes, att: Attempt | None = None) -> None:
