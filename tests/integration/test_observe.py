@@ -8,11 +8,9 @@ import base64
 import hashlib
 import re
 import shutil
-import signal
 import socket
 import ssl
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Iterator
@@ -21,10 +19,11 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.fixtures.process import SmtpgateProcess
 from tests.fixtures.server import SERVER_HEAD, RunningServer, listeners, run_server
 from tests.fixtures.auth_session import make_user_store, plain_ir
 from tests.smtpclient import Raw, client_tls
-from tests.support import free_port, need_binary, port_open
+from tests.support import free_port, need_binary
 
 FILTER = Path(__file__).resolve().parents[2] / "contrib" / "fail2ban" / "filter.d" / "smtpgate.conf"
 
@@ -580,8 +579,7 @@ def test_fail2ban_filter_matches_too_many_errors(tmp_path):
     commands is matched once; one that stays under the limit is not."""
     regex_bin = need_binary("fail2ban-regex")
     port = free_port()
-    cfg = tmp_path / "smtpgate.toml"
-    cfg.write_text(f"""
+    server = SmtpgateProcess(f"""
 [server]
 hostname = "mx.test"
 [server.listener.smtp]
@@ -590,33 +588,26 @@ bind = "127.0.0.1:{port}"
 total = 3
 [queue]
 path = "{tmp_path}/spool"
-""")
-    log = tmp_path / "smtpgate.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "smtpgate", "serve", "--config", str(cfg)],
-                                stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path)
-        try:
-            deadline = time.monotonic() + 15
-            while not port_open("127.0.0.1", port):
-                assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
-                time.sleep(0.05)
-            fuzzer = Raw(port)
-            for _ in range(3):
-                assert fuzzer.cmd("BOGUS").startswith("500 ")
-            assert fuzzer.reply().startswith("421 4.7.0 Too many errors")
-            fuzzer.close()
-            clumsy = Raw(port)                   # two mistakes, then a proper end: not abuse
-            assert clumsy.cmd("HELO").startswith("501 ")
-            assert clumsy.cmd("BOGUS").startswith("500 ")
-            assert clumsy.cmd("QUIT").startswith("221 ")
-            clumsy.close()
-            deadline = time.monotonic() + 10
-            while log.read_text().count(" disconnect session=") < 2:
-                assert time.monotonic() < deadline, log.read_text()
-                time.sleep(0.05)
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(15)
+""", tmp_path, port, log_level="info")
+    log = server.log
+    server.start()
+    try:
+        fuzzer = Raw(port)
+        for _ in range(3):
+            assert fuzzer.cmd("BOGUS").startswith("500 ")
+        assert fuzzer.reply().startswith("421 4.7.0 Too many errors")
+        fuzzer.close()
+        clumsy = Raw(port)                   # two mistakes, then a proper end: not abuse
+        assert clumsy.cmd("HELO").startswith("501 ")
+        assert clumsy.cmd("BOGUS").startswith("500 ")
+        assert clumsy.cmd("QUIT").startswith("221 ")
+        clumsy.close()
+        deadline = time.monotonic() + 10
+        while log.read_text().count(" disconnect session=") < 2:
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+    finally:
+        server.stop()
     text = log.read_text()
     assert text.count("reason=too-many-errors") == 1, text
     result = subprocess.run([regex_bin, "-o", "ip", str(log), str(FILTER)], capture_output=True, text=True,
